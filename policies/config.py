@@ -1,0 +1,106 @@
+"""The one configuration model: ``consentry.toml`` plus ``CONSENTRY_*`` environment variables.
+
+Precedence (highest first): constructor arguments, environment, the TOML file, defaults. The
+TOML file is ``$CONSENTRY_CONFIG`` if set, else ``./consentry.toml`` if present. Every path
+that holds state defaults to a place under ``data_dir`` so one directory holds everything.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "consentry"
+
+
+def config_file() -> Path:
+    return Path(os.environ.get("CONSENTRY_CONFIG", "consentry.toml"))
+
+
+class UnknownFaces(StrEnum):
+    refuse = "refuse"
+    allow = "allow"
+
+
+class EmbedderKind(StrEnum):
+    dlib = "dlib"
+    facenet = "facenet"
+
+
+class Settings(BaseSettings):
+    """Deployment configuration. Field docs are the operator's reference."""
+
+    model_config = SettingsConfigDict(env_prefix="CONSENTRY_", extra="forbid")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    """Directory that holds all state: database, keys, certificates, models, outputs."""
+    database_url: str = ""
+    """SQLAlchemy async URL; empty means SQLite at ``data_dir/consentry.db``."""
+    device: str = "auto"
+    """Torch device for detection and embedding: ``auto`` (CUDA when present), ``cpu``, ``cuda``."""
+    embedder: EmbedderKind = EmbedderKind.dlib
+    """Face embedding backend."""
+    facenet_weights: Path | None = None
+    """State-dict file for the InceptionResnetV1 backend; required when ``embedder=facenet``."""
+    match_threshold: float = 0.82
+    """Cosine similarity at or above which two faces are the same person."""
+    min_face_px: int = 40
+    """Faces smaller than this (shorter box side, pixels) are ignored by detection."""
+    unknown_faces: UnknownFaces = UnknownFaces.refuse
+    """What to do with a reference face that matches no enrolled identity."""
+    model_dir: Path | None = None
+    """diffusers model directory; default ``data_dir/models/tiny`` (built by ``models tiny``)."""
+    output_dir: Path | None = None
+    """Where released images are written; default ``data_dir/outputs``."""
+    keys_dir: Path | None = None
+    """Signing certificate, CA and template-encryption key; default ``data_dir/keys``."""
+    trust_dev_ca: bool = True
+    """Treat the development CA under ``keys_dir`` as a C2PA trust anchor."""
+    stage_timeout_s: float = 120.0
+    """A stage that runs longer than this is refused as ``stage.timeout``."""
+    max_image_bytes: int = 20 * 1024 * 1024
+    """Largest accepted upload."""
+    max_image_pixels: int = 40_000_000
+    """Largest accepted decoded image (width x height); larger is refused before decoding."""
+    max_references: int = 4
+    """Most reference images in one generation request."""
+    deny_terms: list[str] = Field(default_factory=lambda: ["nude", "naked", "nsfw"])
+    """Prompt terms the deployment refuses for every subject (case-insensitive words)."""
+    generation_steps: int = 4
+    """Default denoising steps."""
+    image_size: int = 64
+    """Default output side in pixels (the tiny pipeline is built for 64)."""
+
+    @model_validator(mode="after")
+    def _fill_paths(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser()
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'consentry.db'}"
+        self.model_dir = self.model_dir or self.data_dir / "models" / "tiny"
+        self.output_dir = self.output_dir or self.data_dir / "outputs"
+        self.keys_dir = self.keys_dir or self.data_dir / "keys"
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
+        return init_settings, env_settings, toml
