@@ -80,8 +80,12 @@ class Settings(BaseSettings):
     """Prompt terms the deployment refuses for every subject (case-insensitive words)."""
     generation_steps: int = 4
     """Default denoising steps."""
-    image_size: int = 64
-    """Default output side in pixels (the tiny pipeline is built for 64)."""
+    image_size: int = 256
+    """Default output side in pixels (the invisible watermark needs at least 256)."""
+    require_output_face: bool = False
+    """Refuse outputs that show no face at all (off: a faceless image carries no likeness)."""
+    audit_prompts: bool = False
+    """Store prompts in the audit log in clear; off stores only their SHA-256."""
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

@@ -1,0 +1,90 @@
+"""Appending to and reading the hash-chained audit table.
+
+Appends are serialised: an in-process lock, plus a database-level one so that several gateway
+processes on one database still produce a gap-free sequence (PostgreSQL: a transaction-scoped
+advisory lock; SQLite: taking the write lock first with a no-op write). Each append runs in the
+caller's unit of work, so an audit event and the rows it speaks for commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.storage.db import Database
+from gateway.storage.tables import AuditEvent
+from policies.errors import StageError
+from provenance.audit import GENESIS, ChainedEvent, ChainReport, seal, verify_chain
+
+ADVISORY_KEY = 0x636F6E73  # "cons"
+RETRIES = 5
+
+HEAD = select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
+
+UnitOfWork = Callable[[AsyncSession, ChainedEvent], Awaitable[None]]
+
+
+class AuditLog:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._lock = asyncio.Lock()
+
+    async def _take_write_lock(self, session: AsyncSession) -> None:
+        if self.db.is_sqlite:
+            await session.execute(text("UPDATE audit_events SET seq = seq WHERE 0 = 1"))
+        else:
+            await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_KEY})
+
+    async def append(self, kind: str, body: dict[str, Any], also: UnitOfWork | None = None) -> ChainedEvent:
+        """Append one event; ``also`` writes the rows it speaks for in the same transaction."""
+        async with self._lock:
+            for attempt in range(RETRIES):
+                try:
+                    async with self.db.session() as session, session.begin():
+                        await self._take_write_lock(session)
+                        head = (await session.execute(HEAD)).first()
+                        seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
+                        ts = datetime.now(UTC).isoformat(timespec="microseconds")
+                        event = seal(seq=seq, ts=ts, kind=kind, body=body, prev=prev)
+                        session.add(
+                            AuditEvent(
+                                seq=event.seq,
+                                ts=event.ts,
+                                kind=event.kind,
+                                body=event.body,
+                                prev_hash=event.prev_hash,
+                                hash=event.hash,
+                            )
+                        )
+                        if also is not None:
+                            await also(session, event)
+                    return event
+                except IntegrityError as exc:
+                    # Another process took this sequence number first: read the new head and retry.
+                    if attempt == RETRIES - 1:
+                        raise StageError("cannot append to the audit log", code="audit.unavailable") from exc
+        raise AssertionError("unreachable")
+
+    async def events(self, batch: int = 1000) -> AsyncIterator[ChainedEvent]:
+        after = 0
+        while True:
+            async with self.db.session() as session:
+                rows = (
+                    await session.scalars(
+                        select(AuditEvent).where(AuditEvent.seq > after).order_by(AuditEvent.seq).limit(batch)
+                    )
+                ).all()
+            if not rows:
+                return
+            for row in rows:
+                yield ChainedEvent(row.seq, row.ts, row.kind, row.body, row.prev_hash, row.hash)
+            after = rows[-1].seq
+
+    async def verify(self) -> ChainReport:
+        return verify_chain([event async for event in self.events()])

@@ -1,0 +1,120 @@
+"""Principals and their API keys. Keys are shown once at creation and stored only hashed."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from gateway.storage.db import Database
+from gateway.storage.tables import ApiKey, Principal
+from policies.errors import AuthError, BadInputError, ConflictError, NotFoundError
+from policies.roles import Role
+
+KEY_PREFIX = "csk_"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def hash_key(secret: str) -> str:
+    # A plain SHA-256 is enough here: the keys are 256-bit random, not passwords.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalView:
+    id: str
+    name: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A freshly issued key: ``secret`` is never stored and cannot be shown again."""
+
+    principal: PrincipalView
+    key_id: str
+    secret: str
+
+
+class Principals:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, name: str, role: str) -> IssuedKey:
+        if role not in {r.value for r in Role}:
+            raise BadInputError(f"unknown role {role!r}", code="principal.role_invalid")
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise BadInputError("a principal needs a name of 1-200 characters", code="principal.name_invalid")
+        now = datetime.now(UTC)
+        principal = Principal(id=new_id("prn"), name=name, role=role, created_at=now)
+        try:
+            async with self.db.session() as session, session.begin():
+                session.add(principal)
+                await session.flush()
+                issued = await self._issue(session, principal.id, now)
+        except IntegrityError as exc:
+            raise ConflictError(f"a principal named {name!r} exists", code="principal.exists") from exc
+        return IssuedKey(PrincipalView(principal.id, name, role), *issued)
+
+    async def issue_key(self, principal_id: str) -> IssuedKey:
+        async with self.db.session() as session, session.begin():
+            principal = await session.get(Principal, principal_id)
+            if principal is None:
+                raise NotFoundError(f"no principal {principal_id}", code="principal.not_found")
+            issued = await self._issue(session, principal_id, datetime.now(UTC))
+        return IssuedKey(PrincipalView(principal.id, principal.name, principal.role), *issued)
+
+    @staticmethod
+    async def _issue(session, principal_id: str, now: datetime) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(id=new_id("key"), principal_id=principal_id, key_hash=hash_key(secret), created_at=now)
+        session.add(key)
+        return key.id, secret
+
+    async def revoke_key(self, key_id: str) -> None:
+        async with self.db.session() as session, session.begin():
+            result = await session.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+            )
+            if result.rowcount == 0:
+                raise NotFoundError(f"no live key {key_id}", code="key.not_found")
+
+    async def authenticate(self, secret: str | None) -> PrincipalView:
+        """The principal holding ``secret``; a missing, unknown or revoked key fails at once."""
+        if not secret:
+            raise AuthError("an API key is required (header X-API-Key)", code="auth.missing_key")
+        async with self.db.session() as session:
+            row = (
+                await session.execute(
+                    select(Principal)
+                    .join(ApiKey, ApiKey.principal_id == Principal.id)
+                    .where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
+                )
+            ).scalar_one_or_none()
+        if row is None:
+            raise AuthError("unknown or revoked API key", code="auth.invalid_key")
+        return PrincipalView(row.id, row.name, row.role)
+
+    async def by_name(self, name: str) -> PrincipalView:
+        async with self.db.session() as session:
+            row = await session.scalar(select(Principal).where(Principal.name == name))
+        if row is None:
+            raise NotFoundError(f"no principal named {name!r}", code="principal.not_found")
+        return PrincipalView(row.id, row.name, row.role)
+
+    async def get(self, principal_id: str) -> PrincipalView:
+        async with self.db.session() as session:
+            row = await session.get(Principal, principal_id)
+        if row is None:
+            raise NotFoundError(f"no principal {principal_id}", code="principal.not_found")
+        return PrincipalView(row.id, row.name, row.role)

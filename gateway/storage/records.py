@@ -1,0 +1,77 @@
+"""Generation records: what a watermark payload and a signed manifest resolve to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from gateway.storage.db import Database
+from gateway.storage.tables import GenerationRecord
+
+
+@dataclass(frozen=True, slots=True)
+class RecordView:
+    id: str
+    watermark: str
+    principal_id: str
+    identity_id: str
+    grant_id: str
+    model: str
+    untrained: bool
+    manifest: dict[str, Any]
+    outputs: list[str]
+    audit_seq: int
+    subject_erased: bool
+    created_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "watermark": self.watermark,
+            "principal_id": self.principal_id,
+            "identity_id": self.identity_id,
+            "grant_id": self.grant_id,
+            "model": self.model,
+            "untrained": self.untrained,
+            "audit_seq": self.audit_seq,
+            "subject_erased": self.subject_erased,
+            "created_at": self.created_at.isoformat(),
+            "manifest": self.manifest,
+        }
+
+
+def _view(r: GenerationRecord) -> RecordView:
+    return RecordView(
+        r.id,
+        r.watermark,
+        r.principal_id,
+        r.identity_id,
+        r.grant_id,
+        r.model,
+        r.untrained,
+        r.manifest,
+        r.outputs,
+        r.audit_seq,
+        r.subject_erased,
+        r.created_at,
+    )
+
+
+class Records:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def by_watermark(self, watermark_hex: str) -> RecordView | None:
+        async with self.db.session() as session:
+            row = await session.scalar(
+                select(GenerationRecord).where(GenerationRecord.watermark == watermark_hex)
+            )
+        return _view(row) if row else None
+
+    async def get(self, record_id: str) -> RecordView | None:
+        async with self.db.session() as session:
+            row = await session.get(GenerationRecord, record_id)
+        return _view(row) if row else None

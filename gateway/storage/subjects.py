@@ -1,0 +1,216 @@
+"""Protected identities, their encrypted templates, and their consent grants.
+
+Every change here is audited in the same transaction as the change itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.storage.audit_log import AuditLog
+from gateway.storage.db import Database
+from gateway.storage.principals import new_id
+from gateway.storage.tables import Grant, Identity, Principal, Template
+from gateway.storage.vault import TemplateVault
+from policies.consent import GrantTerms, Purpose
+from policies.errors import BadInputError, NotFoundError
+from provenance.audit import ChainedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityView:
+    id: str
+    label: str
+    status: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolledTemplates:
+    """Decrypted templates of every active identity, row-aligned with ``identity_ids``."""
+
+    identity_ids: tuple[str, ...]
+    matrix: np.ndarray
+
+
+def _terms(g: Grant) -> GrantTerms:
+    return GrantTerms(
+        id=g.id,
+        identity_id=g.identity_id,
+        principal_id=g.principal_id,
+        purposes=tuple(g.purposes),
+        deny_terms=tuple(g.deny_terms),
+        expires_at=g.expires_at.replace(tzinfo=g.expires_at.tzinfo or UTC) if g.expires_at else None,
+        max_uses=g.max_uses,
+        uses=g.uses,
+        revoked_at=g.revoked_at,
+    )
+
+
+class Subjects:
+    def __init__(self, db: Database, vault: TemplateVault, audit: AuditLog) -> None:
+        self.db = db
+        self.vault = vault
+        self.audit = audit
+
+    async def enroll(
+        self, label: str, embeddings: np.ndarray, embedder: str, actor: str, details: dict[str, Any]
+    ) -> IdentityView:
+        label = label.strip()
+        if not label or len(label) > 200:
+            raise BadInputError("a label needs 1-200 characters", code="identity.label_invalid")
+        now = datetime.now(UTC)
+        identity_id = new_id("idn")
+        wrapped = self.vault.new_data_key(identity_id)
+
+        async def write(session: AsyncSession, _event: ChainedEvent) -> None:
+            session.add(
+                Identity(id=identity_id, label=label, status="active", data_key=wrapped, created_at=now)
+            )
+            await session.flush()
+            for row in embeddings:
+                sealed = self.vault.seal(identity_id, wrapped, row)
+                session.add(
+                    Template(identity_id=identity_id, embedder=embedder, ciphertext=sealed, created_at=now)
+                )
+
+        body = {"identity_id": identity_id, "actor": actor, "templates": len(embeddings), **details}
+        await self.audit.append("identity.enrolled", body, also=write)
+        return IdentityView(identity_id, label, "active", now)
+
+    async def get(self, identity_id: str) -> IdentityView:
+        async with self.db.session() as session:
+            row = await session.get(Identity, identity_id)
+        if row is None:
+            raise NotFoundError(f"no identity {identity_id}", code="identity.not_found")
+        return IdentityView(row.id, row.label, row.status, row.created_at)
+
+    async def templates_version(self, embedder: str) -> tuple[int, int]:
+        """Cheap fingerprint of the template table, to know when a cached index is stale."""
+        async with self.db.session() as session:
+            count, top = (
+                await session.execute(
+                    select(func.count(Template.id), func.coalesce(func.max(Template.id), 0))
+                    .join(Identity, Identity.id == Template.identity_id)
+                    .where(Template.embedder == embedder, Identity.status == "active")
+                )
+            ).one()
+        return int(count), int(top)
+
+    async def templates(self, embedder: str) -> EnrolledTemplates:
+        async with self.db.session() as session:
+            rows = (
+                await session.execute(
+                    select(Identity.id, Identity.data_key, Template.ciphertext)
+                    .join(Template, Template.identity_id == Identity.id)
+                    .where(Template.embedder == embedder, Identity.status == "active")
+                    .order_by(Identity.id, Template.id)
+                )
+            ).all()
+        by_identity: dict[str, tuple[bytes, list[bytes]]] = {}
+        for identity_id, key, sealed in rows:
+            by_identity.setdefault(identity_id, (key, []))[1].append(sealed)
+        ids: list[str] = []
+        blocks: list[np.ndarray] = []
+        for identity_id, (key, sealed_rows) in by_identity.items():
+            block = self.vault.open(identity_id, key, sealed_rows)
+            blocks.append(block)
+            ids.extend([identity_id] * len(block))
+        matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
+        return EnrolledTemplates(tuple(ids), matrix)
+
+    async def grant(
+        self,
+        *,
+        identity_id: str,
+        principal_id: str,
+        purposes: list[str],
+        deny_terms: list[str],
+        expires_at: datetime | None,
+        max_uses: int | None,
+        evidence: dict[str, Any],
+        actor: str,
+    ) -> GrantTerms:
+        unknown = sorted(set(purposes) - {p.value for p in Purpose})
+        if not purposes or unknown:
+            raise BadInputError(
+                f"purposes must be a non-empty subset of {[p.value for p in Purpose]}; got {unknown}",
+                code="grant.purpose_invalid",
+            )
+        if max_uses is not None and max_uses < 1:
+            raise BadInputError("max_uses must be at least 1", code="grant.max_uses_invalid")
+        identity = await self.get(identity_id)
+        if identity.status != "active":
+            raise BadInputError(f"identity {identity_id} is {identity.status}", code="identity.inactive")
+        async with self.db.session() as session:
+            if await session.get(Principal, principal_id) is None:
+                raise NotFoundError(f"no principal {principal_id}", code="principal.not_found")
+        row = Grant(
+            id=new_id("gnt"),
+            identity_id=identity_id,
+            principal_id=principal_id,
+            purposes=sorted(set(purposes)),
+            deny_terms=list(deny_terms),
+            expires_at=expires_at,
+            max_uses=max_uses,
+            uses=0,
+            evidence=evidence,
+            created_at=datetime.now(UTC),
+        )
+
+        async def write(session: AsyncSession, _event: ChainedEvent) -> None:
+            session.add(row)
+
+        body = {
+            "grant_id": row.id,
+            "identity_id": identity_id,
+            "principal_id": principal_id,
+            "purposes": row.purposes,
+            "actor": actor,
+        }
+        await self.audit.append("grant.created", body, also=write)
+        return _terms(row)
+
+    async def revoke(self, grant_id: str, actor: str) -> None:
+        async def write(session: AsyncSession, _event: ChainedEvent) -> None:
+            result = await session.execute(
+                update(Grant)
+                .where(Grant.id == grant_id, Grant.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+            )
+            if result.rowcount == 0:
+                # Raising inside the unit of work rolls the audit event back too.
+                raise NotFoundError(f"no live grant {grant_id}", code="grant.not_found")
+
+        await self.audit.append("grant.revoked", {"grant_id": grant_id, "actor": actor}, also=write)
+
+    async def grants_for(self, identity_id: str, principal_id: str) -> list[GrantTerms]:
+        async with self.db.session() as session:
+            rows = (
+                await session.scalars(
+                    select(Grant)
+                    .where(Grant.identity_id == identity_id, Grant.principal_id == principal_id)
+                    .order_by(Grant.created_at)
+                )
+            ).all()
+        return [_terms(g) for g in rows]
+
+    @staticmethod
+    async def consume(session: AsyncSession, grant_id: str) -> bool:
+        """Count one use, only if the grant is still live and has uses left (atomic)."""
+        result = await session.execute(
+            update(Grant)
+            .where(
+                Grant.id == grant_id,
+                Grant.revoked_at.is_(None),
+                (Grant.max_uses.is_(None)) | (Grant.uses < Grant.max_uses),
+            )
+            .values(uses=Grant.uses + 1)
+        )
+        return result.rowcount == 1

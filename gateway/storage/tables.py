@@ -1,0 +1,120 @@
+"""Database schema (SQLAlchemy 2 declarative). Alembic migrations mirror this module.
+
+Identifiers are opaque random strings (``idn_…``, ``prn_…``) so that nothing in a URL or an audit
+record names a person. Timestamps are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Principal(Base):
+    """Someone who calls the gateway: a service, an operator, an auditor."""
+
+    __tablename__ = "principals"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime]
+
+
+class ApiKey(Base):
+    """An API key, stored only as the SHA-256 of the secret (keys are 256-bit random)."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class Identity(Base):
+    """A protected person. ``data_key`` is their template key wrapped by the master key;
+    erasure deletes it, which makes every template ciphertext unreadable (crypto-shredding)."""
+
+    __tablename__ = "identities"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    label: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    data_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+    erased_at: Mapped[datetime | None]
+
+
+class Template(Base):
+    """One face embedding, AES-GCM encrypted under the identity's data key."""
+
+    __tablename__ = "templates"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    identity_id: Mapped[str] = mapped_column(ForeignKey("identities.id"), index=True)
+    embedder: Mapped[str] = mapped_column(String(60))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class Grant(Base):
+    """A subject's consent for one principal to generate their likeness."""
+
+    __tablename__ = "grants"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    identity_id: Mapped[str] = mapped_column(ForeignKey("identities.id"), index=True)
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"), index=True)
+    purposes: Mapped[list[str]]
+    deny_terms: Mapped[list[str]]
+    expires_at: Mapped[datetime | None]
+    max_uses: Mapped[int | None]
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    evidence: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class GenerationRecord(Base):
+    """A released generation: what the watermark payload and the C2PA manifest point to."""
+
+    __tablename__ = "generation_records"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    watermark: Mapped[str] = mapped_column(String(32), unique=True)
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"))
+    identity_id: Mapped[str] = mapped_column(ForeignKey("identities.id"), index=True)
+    grant_id: Mapped[str] = mapped_column(ForeignKey("grants.id"))
+    prompt_sha256: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(Text)
+    untrained: Mapped[bool] = mapped_column(Boolean)
+    manifest: Mapped[dict[str, Any]]
+    outputs: Mapped[list[str]]
+    audit_seq: Mapped[int] = mapped_column(BigInteger)
+    subject_erased: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+
+
+class AuditEvent(Base):
+    """Append-only, hash-chained audit log (see provenance.audit)."""
+
+    __tablename__ = "audit_events"
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    ts: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(40), index=True)
+    body: Mapped[dict[str, Any]]
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -1,0 +1,105 @@
+"""Consent rules: does a live grant let this principal generate this subject for this purpose,
+with this prompt? Pure functions over plain data, so they are tested without storage."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from policies import decision as codes
+from policies.decision import Verdict
+
+
+class Purpose(StrEnum):
+    """The closed list of purposes a grant may cover."""
+
+    portrait = "portrait"
+    avatar = "avatar"
+    marketing = "marketing"
+    editorial = "editorial"
+
+
+@dataclass(frozen=True, slots=True)
+class GrantTerms:
+    """The parts of a stored grant that decide a request."""
+
+    id: str
+    identity_id: str
+    principal_id: str
+    purposes: tuple[str, ...]
+    deny_terms: tuple[str, ...]
+    expires_at: datetime | None
+    max_uses: int | None
+    uses: int
+    revoked_at: datetime | None
+
+    def problem(self, now: datetime) -> tuple[str, str] | None:
+        """Why this grant is not live (code, sentence), or None when it is."""
+        if self.revoked_at is not None:
+            return "consent.revoked", f"grant {self.id} was revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "consent.expired", f"grant {self.id} expired at {self.expires_at.isoformat()}"
+        if self.max_uses is not None and self.uses >= self.max_uses:
+            return "consent.exhausted", f"grant {self.id} has been used {self.uses} of {self.max_uses} times"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentOutcome:
+    """The consent verdict and, when allowed, the grant that allowed it."""
+
+    verdict: Verdict
+    grant: GrantTerms | None = None
+
+
+def denied_terms(prompt: str, terms: Iterable[str]) -> list[str]:
+    """Deny-listed terms found in ``prompt`` as whole words (multi-word terms as phrases)."""
+    text = " ".join(re.findall(r"[\w']+", prompt.lower()))
+    found = []
+    for term in terms:
+        phrase = " ".join(re.findall(r"[\w']+", term.lower()))
+        if phrase and re.search(rf"(?<![\w']){re.escape(phrase)}(?![\w'])", text):
+            found.append(term)
+    return found
+
+
+def evaluate_consent(
+    *,
+    subject_status: str,
+    grants: Sequence[GrantTerms],
+    principal_id: str,
+    purpose: str,
+    prompt: str,
+    deployment_deny_terms: Iterable[str],
+    now: datetime,
+) -> ConsentOutcome:
+    """Decide the consent stage. ``grants`` are the subject's grants to ``principal_id``."""
+    if subject_status != "active":
+        return ConsentOutcome(
+            Verdict.refuse(codes.CONSENT_SUBJECT_INACTIVE, f"the subject is {subject_status}")
+        )
+    mine = [g for g in grants if g.principal_id == principal_id]
+    if not mine:
+        return ConsentOutcome(
+            Verdict.refuse(codes.CONSENT_MISSING, "the subject has not granted consent to this principal")
+        )
+    live = [g for g in mine if g.problem(now) is None]
+    if not live:
+        # Report the most recent grant's problem: that is the one the caller expects to work.
+        code, reason = mine[-1].problem(now) or (codes.CONSENT_MISSING, "no live grant")
+        return ConsentOutcome(Verdict.refuse(code, reason))
+    covering = [g for g in live if purpose in g.purposes]
+    if not covering:
+        return ConsentOutcome(
+            Verdict.refuse(codes.CONSENT_PURPOSE, f"no live grant covers the purpose {purpose!r}")
+        )
+    grant = covering[0]
+    bad = denied_terms(prompt, [*deployment_deny_terms, *grant.deny_terms])
+    if bad:
+        return ConsentOutcome(
+            Verdict.refuse(codes.CONSENT_PROMPT_DENIED, f"the prompt uses denied terms: {', '.join(bad)}")
+        )
+    return ConsentOutcome(Verdict.allow(f"grant {grant.id} covers {purpose!r}"), grant)

@@ -1,0 +1,44 @@
+"""Roles and what each may do. Routes name an action; this table is the only place that says
+which roles may perform it."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from policies.errors import ForbiddenError
+
+
+class Role(StrEnum):
+    admin = "admin"
+    operator = "operator"
+    requester = "requester"
+    auditor = "auditor"
+
+
+class Action(StrEnum):
+    manage_principals = "manage_principals"
+    enroll = "enroll"
+    grant = "grant"
+    revoke = "revoke"
+    erase = "erase"
+    generate = "generate"
+    read_audit = "read_audit"
+    verify_provenance = "verify_provenance"
+
+
+PERMISSIONS: dict[Action, frozenset[Role]] = {
+    Action.manage_principals: frozenset({Role.admin}),
+    Action.enroll: frozenset({Role.admin, Role.operator}),
+    Action.grant: frozenset({Role.admin, Role.operator}),
+    Action.revoke: frozenset({Role.admin, Role.operator}),
+    Action.erase: frozenset({Role.admin, Role.operator}),
+    Action.generate: frozenset({Role.requester}),
+    Action.read_audit: frozenset({Role.admin, Role.auditor}),
+    Action.verify_provenance: frozenset({Role.admin, Role.auditor, Role.operator, Role.requester}),
+}
+
+
+def require(role: str, action: Action) -> None:
+    """Raise ForbiddenError unless ``role`` may perform ``action``."""
+    if role not in {r.value for r in PERMISSIONS[action]}:
+        raise ForbiddenError(f"role {role!r} may not {action.value.replace('_', ' ')}")
