@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     """Cosine similarity at or above which two faces are the same person."""
     min_face_px: int = 40
     """Faces smaller than this (shorter box side, pixels) are ignored by detection."""
+    min_enroll_photos: int = 3
+    """Fewest photos an enrollment needs."""
+    min_enroll_face_px: int = 80
+    """Smallest face (shorter box side, pixels) accepted in an enrollment photo."""
     unknown_faces: UnknownFaces = UnknownFaces.refuse
     """What to do with a reference face that matches no enrolled identity."""
     model_dir: Path | None = None

@@ -1,0 +1,127 @@
+"""The contract between the gate and whatever makes the pictures.
+
+The gateway only ever sees a :class:`Generator`: it hands over an approved
+:class:`GenerationJob` and gets a :class:`GenerationOutput` back. Backends (local diffusers
+pipelines, identity adapters, an upstream HTTP service) know nothing about consent; the job they
+receive has already passed the consent and reference checks.
+
+Job limits are checked here, once, so every backend can rely on sane sizes and a caller cannot
+ask one request to tie up the GPU for minutes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+from policies.errors import BadInputError
+
+INVALID_PARAMS = "generation.invalid_params"
+
+MAX_SIDE = 2048
+MAX_STEPS = 200
+MAX_IMAGES = 8
+MAX_GUIDANCE = 50.0
+MAX_PROMPT_CHARS = 4000
+MAX_REFERENCES = 8
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
+
+
+def _bad(detail: str) -> BadInputError:
+    return BadInputError(detail, code=INVALID_PARAMS)
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    # bool is an int subclass; ``steps=True`` is a caller bug, not 1 step.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(f"{name} must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise _bad(f"{name} must be between {low} and {high}, got {value}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerationJob:
+    """One approved request to a generator.
+
+    ``references`` are the (already verified) reference photos; text-to-image backends ignore
+    them, image-to-image and adapter backends use them. ``seed`` makes a run reproducible: the
+    same job on the same backend and device gives the same pixels.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int
+    steps: int
+    width: int
+    height: int
+    num_images: int = 1
+    guidance_scale: float
+    references: tuple[Image.Image, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise _bad("prompt must be a non-empty string")
+        if not isinstance(self.negative_prompt, str):
+            raise _bad("negative_prompt must be a string")
+        for name, text in (("prompt", self.prompt), ("negative_prompt", self.negative_prompt)):
+            if len(text) > MAX_PROMPT_CHARS:
+                raise _bad(f"{name} is longer than {MAX_PROMPT_CHARS} characters")
+        _check_int("seed", self.seed, 0, MAX_SEED)
+        _check_int("steps", self.steps, 1, MAX_STEPS)
+        _check_int("num_images", self.num_images, 1, MAX_IMAGES)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            _check_int(name, value, 8, MAX_SIDE)
+            # Latent diffusion VAEs downsample by 8; other sizes fail deep inside the model.
+            if value % 8:
+                raise _bad(f"{name} must be a multiple of 8, got {value}")
+        guidance = self.guidance_scale
+        if isinstance(guidance, bool) or not isinstance(guidance, int | float):
+            raise _bad("guidance_scale must be a number")
+        # ``not 0 <= g`` also rejects NaN, which compares false with everything.
+        if not 0.0 <= float(guidance) <= MAX_GUIDANCE:
+            raise _bad(f"guidance_scale must be between 0 and {MAX_GUIDANCE}, got {guidance}")
+        if isinstance(self.references, list):
+            # Frozen: coerce through object.__setattr__ so a list cannot be mutated afterwards.
+            object.__setattr__(self, "references", tuple(self.references))
+        if not isinstance(self.references, tuple):
+            raise _bad("references must be a tuple of PIL images")
+        if len(self.references) > MAX_REFERENCES:
+            raise _bad(f"at most {MAX_REFERENCES} reference images are allowed")
+        if not all(isinstance(ref, Image.Image) for ref in self.references):
+            raise _bad("every reference must be a PIL image")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerationOutput:
+    """What a generator made, and enough about how to audit and reproduce it.
+
+    ``model`` names the model (a directory or service name); ``untrained`` is True for the
+    project's own tiny test pipeline, whose output is noise and must be labelled as such.
+    """
+
+    images: tuple[Image.Image, ...]
+    model: str
+    untrained: bool
+    seed: int
+    steps: int
+    elapsed_ms: float
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A backend that turns an approved job into images.
+
+    ``generate`` blocks: the gateway runs it in a worker thread under the stage's time budget.
+    Implementations raise :class:`policies.errors.StageError` (or a subclass) for failures
+    inside the model, never a foreign exception. ``close`` releases the model and device memory.
+    """
+
+    name: str
+    untrained: bool
+
+    def generate(self, job: GenerationJob) -> GenerationOutput: ...
+
+    def close(self) -> None: ...

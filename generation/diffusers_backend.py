@@ -1,0 +1,205 @@
+"""Text-to-image from a local diffusers pipeline folder.
+
+Any folder that ``DiffusionPipeline.save_pretrained`` wrote (Stable Diffusion, SDXL, or the
+project's own tiny test pipeline) loads here. Loading never touches the network: the path is
+resolved to an existing folder before diffusers sees it (so it can never be taken for a hub id)
+and ``local_files_only=True`` is passed to every component, which is what diffusers and
+transformers check before any download. No process-wide environment variable is changed.
+
+A safety checker that the model ships is kept; when it flags an image (and blacks it out) the
+run fails closed instead of releasing a black square. Models without one stay without one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from generation.base import GenerationJob, GenerationOutput
+from policies.errors import ConfigurationError, ConsentryError, StageError
+
+logger = logging.getLogger(__name__)
+
+# Optional file in a model folder describing where the model came from; the tiny builder writes
+# {"untrained": true, "built_by": "consentry models tiny", ...}. Absent means a normal model.
+MARKER_FILE = "consentry-model.json"
+
+_HINT = (
+    "point the generation model setting at a diffusers pipeline folder, or build the offline "
+    "test model with `consentry models tiny DIR`"
+)
+
+
+def read_untrained_marker(model_dir: Path) -> bool:
+    """Whether the folder's marker file declares the model untrained (False when absent)."""
+    path = model_dir / MARKER_FILE
+    if not path.exists():
+        return False
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"{path} is not readable JSON ({exc}); {_HINT}", code="model.invalid"
+        ) from exc
+    untrained = marker.get("untrained", False) if isinstance(marker, dict) else None
+    if not isinstance(untrained, bool):
+        raise ConfigurationError(
+            f"{path} must be a JSON object whose 'untrained' is true or false", code="model.invalid"
+        )
+    return untrained
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigurationError(f"unknown torch device {device!r}", code="device.invalid") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError(
+            f"device {device!r} was requested but CUDA is not available", code="device.unavailable"
+        )
+    return resolved
+
+
+class DiffusersTextToImage:
+    """A :class:`generation.base.Generator` backed by a local diffusers pipeline.
+
+    The pipeline is loaded once in the constructor (slow: seconds to minutes for real models)
+    and reused. Calls are serialised with a lock: a diffusers pipeline keeps per-run state in
+    its scheduler, and the gateway may still be running a timed-out call in another thread.
+    """
+
+    def __init__(self, model_dir: Path, *, device: str = "auto", dtype: torch.dtype | None = None) -> None:
+        self.model_dir = Path(model_dir).expanduser().resolve()
+        if not self.model_dir.is_dir():
+            raise ConfigurationError(
+                f"model folder {self.model_dir} does not exist; {_HINT}", code="model.missing"
+            )
+        if not (self.model_dir / "model_index.json").is_file():
+            raise ConfigurationError(
+                f"{self.model_dir} is not a diffusers pipeline folder (no model_index.json); {_HINT}",
+                code="model.invalid",
+            )
+        self.name = self.model_dir.name
+        self.untrained = read_untrained_marker(self.model_dir)
+        self.device = _resolve_device(device)
+        # Half precision halves GPU memory and time; CPUs are slow (or unsupported) at fp16.
+        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        self._lock = threading.Lock()
+        self._pipe: Any = self._load()
+
+    def _load(self) -> Any:
+        import diffusers
+        from diffusers import DiffusionPipeline
+        from diffusers.utils import is_accelerate_available
+        from packaging.version import Version
+
+        # diffusers 0.42 renamed ``torch_dtype`` to ``dtype`` (the old name warns on each load).
+        new_kwarg = Version(diffusers.__version__) >= Version("0.42")
+        dtype_kwarg = {"dtype" if new_kwarg else "torch_dtype": self.dtype}
+        try:
+            pipe = DiffusionPipeline.from_pretrained(
+                str(self.model_dir),
+                local_files_only=True,
+                **dtype_kwarg,
+                # Without accelerate diffusers falls back anyway, with a warning on every load.
+                low_cpu_mem_usage=is_accelerate_available(),
+            )
+            pipe = pipe.to(self.device)
+        except Exception as exc:  # any loader failure means the folder is unusable
+            raise ConfigurationError(
+                f"cannot load the diffusers pipeline in {self.model_dir}: "
+                f"{type(exc).__name__}: {exc}; {_HINT}",
+                code="model.invalid",
+            ) from exc
+        if "prompt" not in inspect.signature(pipe.__call__).parameters:
+            raise ConfigurationError(
+                f"{self.model_dir} holds a {type(pipe).__name__}, which takes no text prompt; "
+                "a text-to-image pipeline is needed",
+                code="model.invalid",
+            )
+        pipe.set_progress_bar_config(disable=True)
+        checker = getattr(pipe, "safety_checker", None)
+        logger.info(
+            "loaded %s from %s on %s (%s), safety checker: %s, untrained: %s",
+            type(pipe).__name__,
+            self.model_dir,
+            self.device,
+            self.dtype,
+            "none configured" if checker is None else type(checker).__name__,
+            self.untrained,
+        )
+        return pipe
+
+    def generate(self, job: GenerationJob) -> GenerationOutput:
+        """Run the pipeline for ``job``; the same job gives the same pixels on the same device."""
+        with self._lock:
+            if self._pipe is None:
+                raise StageError(f"generator {self.name} is closed", code="generation.closed")
+            # A CPU generator makes the initial noise identical on every device.
+            generator = torch.Generator(device="cpu").manual_seed(job.seed)
+            started = time.perf_counter()
+            try:
+                with torch.inference_mode():
+                    result = self._pipe(
+                        prompt=job.prompt,
+                        negative_prompt=job.negative_prompt or None,
+                        num_inference_steps=job.steps,
+                        width=job.width,
+                        height=job.height,
+                        guidance_scale=job.guidance_scale,
+                        num_images_per_prompt=job.num_images,
+                        generator=generator,
+                        output_type="pil",
+                    )
+            except ConsentryError:
+                raise
+            except Exception as exc:  # torch/diffusers errors, CUDA OOM included
+                raise StageError(
+                    f"image generation failed in {self.name}: {type(exc).__name__}: {exc}",
+                    code="generation.failed",
+                ) from exc
+            elapsed_ms = (time.perf_counter() - started) * 1000.0
+        flagged = getattr(result, "nsfw_content_detected", None)
+        if flagged and any(flagged):
+            raise StageError(
+                f"the safety checker of {self.name} flagged {sum(map(bool, flagged))} "
+                "image(s); nothing is released",
+                code="generation.safety_filtered",
+            )
+        images = tuple(image.convert("RGB") for image in result.images)
+        if len(images) != job.num_images:
+            raise StageError(
+                f"{self.name} returned {len(images)} images, {job.num_images} were asked for",
+                code="generation.failed",
+            )
+        return GenerationOutput(
+            images=images,
+            model=self.name,
+            untrained=self.untrained,
+            seed=job.seed,
+            steps=job.steps,
+            elapsed_ms=elapsed_ms,
+        )
+
+    def close(self) -> None:
+        """Drop the pipeline and return cached GPU memory; later ``generate`` calls fail."""
+        with self._lock:
+            self._pipe = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> DiffusersTextToImage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
