@@ -1,0 +1,82 @@
+"""The face rules of the gate, over index scores. Pure functions: no models, no storage.
+
+Reference images (before generation): every face must be the subject. A face that is another
+enrolled identity is ``face.protected_identity``; a face that is nobody enrolled is
+``face.unknown`` unless the deployment allows unknown faces; an image with no face is
+``face.none`` (a reference must show the person it is a reference for).
+
+Outputs (after generation): no face may be another enrolled identity; every face must be the
+subject; an output with no face is allowed unless the deployment requires one, because an image
+without a face carries no likeness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from detectors.index import IdentityScores
+from policies import decision as codes
+from policies.decision import Verdict
+
+
+def _scores(subject_best: float, other_best: float, faces: int) -> dict[str, float]:
+    return {"faces": float(faces), "subject_min": subject_best, "other_max": other_best}
+
+
+def judge_references(
+    per_image: Sequence[IdentityScores], *, subject: str, threshold: float, allow_unknown: bool
+) -> Verdict:
+    subject_min, other_max, faces = 1.0, -1.0, 0
+    for image_no, scores in enumerate(per_image, start=1):
+        n = scores.scores.shape[0]
+        if n == 0:
+            return Verdict.refuse(codes.FACE_NONE, f"reference image {image_no} shows no face")
+        for face in range(n):
+            faces += 1
+            mine = scores.of(face, subject)
+            other, other_score = scores.best(face, exclude=subject)
+            subject_min, other_max = min(subject_min, mine), max(other_max, other_score)
+            where = f"face {face + 1} of reference image {image_no}"
+            if other is not None and other_score >= threshold and other_score > mine:
+                return Verdict.refuse(
+                    codes.FACE_PROTECTED,
+                    f"{where} matches another protected identity",
+                    **_scores(mine, other_score, faces),
+                )
+            if mine < threshold and not allow_unknown:
+                return Verdict.refuse(
+                    codes.FACE_UNKNOWN,
+                    f"{where} does not match the subject (similarity {mine:.3f} < {threshold:.3f})",
+                    **_scores(mine, other_score, faces),
+                )
+    reason = f"{faces} reference face(s) match the subject"
+    return Verdict.allow(reason, **_scores(subject_min, other_max, faces))
+
+
+def judge_outputs(
+    per_image: Sequence[IdentityScores], *, subject: str, threshold: float, require_face: bool
+) -> Verdict:
+    subject_min, other_max, faces = 1.0, -1.0, 0
+    for image_no, scores in enumerate(per_image, start=1):
+        n = scores.scores.shape[0]
+        if n == 0 and require_face:
+            return Verdict.refuse(codes.OUTPUT_MISMATCH, f"output {image_no} shows no face of the subject")
+        for face in range(n):
+            faces += 1
+            mine = scores.of(face, subject)
+            other, other_score = scores.best(face, exclude=subject)
+            subject_min, other_max = min(subject_min, mine), max(other_max, other_score)
+            if other is not None and other_score >= threshold:
+                return Verdict.refuse(
+                    codes.OUTPUT_PROTECTED,
+                    f"a face in output {image_no} matches another protected identity",
+                    **_scores(mine, other_score, faces),
+                )
+            if mine < threshold:
+                return Verdict.refuse(
+                    codes.OUTPUT_MISMATCH,
+                    f"a face in output {image_no} is not the subject (similarity {mine:.3f})",
+                    **_scores(mine, other_score, faces),
+                )
+    reason = f"{faces} face(s) in outputs, all the subject" if faces else "no face in outputs"
+    return Verdict.allow(reason, **_scores(subject_min if faces else 0.0, other_max, faces))
