@@ -1,0 +1,261 @@
+"""Build, sign and read the C2PA manifest every released image carries.
+
+The manifest says the image was *created* as ``trainedAlgorithmicMedia``, by which model (and
+whether that model was untrained), binds itself softly to the invisible watermark, and carries a
+consent assertion that names the consent record only by hash: no biometrics, no names.
+
+Signing goes through a callback (:class:`ClaimSigner`), so the private key can live in a KMS or
+HSM; there is no timestamp authority and every fetching option of the SDK is switched off, so
+neither signing nor reading touches the network.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import c2pa
+
+from policies.errors import BadInputError, ConsentryError, InvalidImageError, StageError
+
+CONSENT_LABEL = "org.consentry.consent"
+GENERATION_LABEL = "org.consentry.generation"
+SOFT_BINDING_LABEL = "c2pa.soft-binding"
+TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+MAX_SCORES = 16  # scores are a handful of similarities, never an embedding smuggled in as floats
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+
+# No thumbnail (it would be a copy of the face); nothing fetched over the network when signing
+# (no OCSP, no certificate status) or when reading (no remote manifests).
+_NO_NETWORK = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
+_SIGN_SETTINGS = {**_NO_NETWORK, "builder": {"thumbnail": {"enabled": False}}}
+
+# C2PA errors that mean "the manifest in this file is malformed or fails verification": a
+# reader reports those as an Invalid manifest instead of failing the request. (c2pa also raises
+# ``Other`` for a damaged JUMBF box; an unparseable *container* is told apart by its message.)
+_BROKEN_MANIFEST = (
+    c2pa.C2paError.Decoding,
+    c2pa.C2paError.Verify,
+    c2pa.C2paError.Signature,
+    c2pa.C2paError.Assertion,
+    c2pa.C2paError.AssertionNotFound,
+    c2pa.C2paError.Manifest,
+    c2pa.C2paError.Json,
+    c2pa.C2paError.Other,
+)
+_UNPARSEABLE = "asset could not be parsed"
+
+
+class ClaimSigner(Protocol):
+    """What signing needs: the PEM chain to embed (leaf first) and an ES256 signature callback.
+
+    :class:`provenance.keys.SigningMaterial` is one; a KMS-backed signer is another.
+    """
+
+    @property
+    def cert_chain_pem(self) -> str: ...
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestInfo:
+    """Everything the manifest states about one released image."""
+
+    title: str
+    claim_generator: str  # "name/version", e.g. "consentry/0.1.0"
+    record_id: str
+    model: str
+    untrained: bool
+    watermark_algorithm: str
+    watermark_payload_hex: str
+    consent_record_hash: str  # SHA-256 hex of the consent record id, never the id or a name
+    purpose: str
+    verifier_scores: Mapping[str, float] = field(default_factory=dict)
+    policy_version: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if "/" not in self.claim_generator:
+            problems.append("claim_generator must be 'name/version'")
+        if not _HEX64.fullmatch(self.consent_record_hash):
+            problems.append("consent_record_hash must be 64 lowercase hex characters (SHA-256)")
+        if not _HEX16.fullmatch(self.watermark_payload_hex):
+            problems.append("watermark_payload_hex must be 16 lowercase hex characters")
+        scores = self.verifier_scores
+        if len(scores) > MAX_SCORES or not all(
+            isinstance(v, int | float) and math.isfinite(v) for v in scores.values()
+        ):
+            problems.append(f"verifier_scores must be at most {MAX_SCORES} finite numbers")
+        if problems:
+            raise BadInputError("; ".join(problems), code="manifest.info_invalid")
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestReport:
+    """What a reader found: ``state`` is "Trusted", "Valid", "Invalid", or None (no manifest)."""
+
+    state: str | None
+    active_manifest: dict[str, Any] | None = None
+    consent: dict[str, Any] | None = None
+    generation: dict[str, Any] | None = None
+    soft_binding: dict[str, Any] | None = None
+    validation_errors: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "consent": self.consent,
+            "generation": self.generation,
+            "soft_binding": self.soft_binding,
+            "validation_errors": list(self.validation_errors),
+            "active_manifest": self.active_manifest,
+        }
+
+
+def build_manifest(info: ManifestInfo) -> dict[str, Any]:
+    """The manifest definition handed to the C2PA builder (exposed for inspection and tests)."""
+    name, version = info.claim_generator.split("/", 1)
+    note = " by an untrained model (noise-like output, for testing only)" if info.untrained else ""
+    return {
+        "claim_generator_info": [{"name": name, "version": version}],
+        "title": info.title,
+        "assertions": [
+            {
+                "label": "c2pa.actions",
+                "data": {
+                    "actions": [
+                        {
+                            "action": "c2pa.created",
+                            "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
+                            "softwareAgent": {"name": name, "version": version},
+                            "description": f"Generated with {info.model}{note}",
+                            "parameters": {
+                                "org.consentry.model": info.model,
+                                "org.consentry.untrained": info.untrained,
+                            },
+                        }
+                    ]
+                },
+            },
+            {
+                "label": GENERATION_LABEL,
+                "data": {"record_id": info.record_id, "model": info.model, "untrained": info.untrained},
+            },
+            {
+                "label": SOFT_BINDING_LABEL,
+                "data": {
+                    "alg": info.watermark_algorithm,
+                    "name": "invisible watermark naming the generation record",
+                    "blocks": [{"scope": {}, "value": info.watermark_payload_hex}],
+                    "pad": [],
+                },
+            },
+            {
+                "label": CONSENT_LABEL,
+                "data": {
+                    "consent_record_hash": info.consent_record_hash,
+                    "hash_alg": "sha256",
+                    "purpose": info.purpose,
+                    "verifier_scores": {k: float(v) for k, v in info.verifier_scores.items()},
+                    "policy_version": info.policy_version,
+                },
+            },
+        ],
+    }
+
+
+def _check_mime(mime: str, supported: list[str]) -> None:
+    if not mime.startswith("image/") or mime not in supported:
+        raise BadInputError(f"C2PA cannot handle {mime!r} here", code="c2pa.unsupported_format")
+
+
+def sign_image(image_bytes: bytes, mime: str, info: ManifestInfo, material: ClaimSigner) -> bytes:
+    """Return ``image_bytes`` with a signed C2PA manifest embedded (ES256, no timestamp)."""
+    _check_mime(mime, c2pa.Builder.get_supported_mime_types())
+    callback_errors: list[BaseException] = []
+
+    def sign(data: bytes) -> bytes:
+        # c2pa swallows callback exceptions (it logs them and reports a generic failure), so
+        # keep the original to chain from: a KMS outage should say so.
+        try:
+            return material.sign(data)
+        except Exception as exc:
+            callback_errors.append(exc)
+            raise
+
+    out = io.BytesIO()
+    es256 = c2pa.C2paSigningAlg.ES256
+    try:
+        with (
+            c2pa.Context.from_dict(_SIGN_SETTINGS) as context,
+            # tsa_url=None: no timestamp authority, so signing never leaves the process.
+            c2pa.Signer.from_callback(sign, es256, material.cert_chain_pem, None) as signer,
+            c2pa.Builder(build_manifest(info), context=context) as builder,
+        ):
+            builder.sign(signer, mime, io.BytesIO(image_bytes), out)
+    except c2pa.C2paError as exc:
+        cause: BaseException = callback_errors[0] if callback_errors else exc
+        raise StageError(f"C2PA signing failed: {exc}", code="c2pa.sign_failed") from cause
+    return out.getvalue()
+
+
+def _assertion(manifest: Mapping[str, Any], label: str) -> dict[str, Any] | None:
+    for item in manifest.get("assertions", []):
+        if item.get("label") == label:
+            data = item.get("data")
+            return data if isinstance(data, dict) else None
+    return None
+
+
+def _failures(results: Mapping[str, Any] | None) -> tuple[str, ...]:
+    if not results:
+        return ()
+    groups = [results.get("activeManifest") or {}]
+    groups += [d.get("validationDeltas") or {} for d in results.get("ingredientDeltas") or []]
+    return tuple(f"{f.get('code')}: {f.get('explanation', '')}" for g in groups for f in g.get("failure", []))
+
+
+def read_manifest(image_bytes: bytes, mime: str, trust_anchors_pem: str | None) -> ManifestReport:
+    """Validate the C2PA manifest of an image against ``trust_anchors_pem`` (None: no anchors,
+    so a good signature reads as "Valid" and never "Trusted")."""
+    _check_mime(mime, c2pa.Reader.get_supported_mime_types())
+    settings: dict[str, Any] = dict(_NO_NETWORK)
+    if trust_anchors_pem:
+        settings["trust"] = {"trust_anchors": trust_anchors_pem}
+    try:
+        with c2pa.Context.from_dict(settings) as context:
+            reader = c2pa.Reader.try_create(mime, io.BytesIO(image_bytes), None, context)
+            if reader is None:
+                return ManifestReport(state=None)
+            with reader:
+                store = json.loads(reader.json())
+    except (c2pa.C2paError.NotSupported, c2pa.C2paError.Io) as exc:
+        raise InvalidImageError(f"not a readable {mime} image: {exc}") from exc
+    except _BROKEN_MANIFEST as exc:
+        if _UNPARSEABLE in str(exc):
+            raise InvalidImageError(f"not a readable {mime} image: {exc}") from exc
+        # A manifest is there but cannot be decoded or verified: that is a tampered or broken
+        # credential, which a verifier reports, not a failure of the verifier.
+        return ManifestReport(state="Invalid", validation_errors=(f"c2pa.unreadable: {exc}",))
+    except c2pa.C2paError as exc:
+        raise ConsentryError(f"C2PA reading failed: {exc}", code="c2pa.read_failed") from exc
+
+    active = store.get("manifests", {}).get(store.get("active_manifest", ""))
+    if active is None:
+        return ManifestReport(state="Invalid", validation_errors=_failures(store.get("validation_results")))
+    return ManifestReport(
+        state=store.get("validation_state"),
+        active_manifest=active,
+        consent=_assertion(active, CONSENT_LABEL),
+        generation=_assertion(active, GENERATION_LABEL),
+        soft_binding=_assertion(active, SOFT_BINDING_LABEL),
+        validation_errors=_failures(store.get("validation_results")),
+    )
