@@ -1,0 +1,66 @@
+"""Quality rules for enrollment photos. Every refusal names the offending photo (1-based)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from detectors.analyzer import AnalyzedImage
+from detectors.index import IdentityIndex, normalise
+from policies.errors import BadInputError, ConflictError
+
+
+def _side(box: tuple[float, float, float, float]) -> float:
+    return min(box[2] - box[0], box[3] - box[1])
+
+
+def enrollment_templates(
+    photos: Sequence[AnalyzedImage],
+    *,
+    min_photos: int,
+    min_face_px: int,
+    threshold: float,
+    existing: IdentityIndex,
+) -> np.ndarray:
+    """The templates to store for a new identity, or a BadInputError / ConflictError saying why not.
+
+    Each photo must show exactly one face of at least ``min_face_px`` (smaller background faces
+    are ignored); every face must match the others (its similarity to the mean of the others is
+    at least ``threshold``); and no face may already belong to an enrolled identity.
+    """
+    if len(photos) < min_photos:
+        raise BadInputError(
+            f"enrollment needs at least {min_photos} photos, got {len(photos)}", code="enroll.too_few_photos"
+        )
+    rows = []
+    for number, photo in enumerate(photos, start=1):
+        big = [i for i, face in enumerate(photo.faces) if _side(face.box) >= min_face_px]
+        if len(big) != 1:
+            what = "no face" if not big else f"{len(big)} faces"
+            raise BadInputError(
+                f"photo {number} shows {what} of at least {min_face_px} px; exactly one is required",
+                code="enroll.face_count",
+                photo=number,
+            )
+        rows.append(photo.embeddings[big[0]])
+    templates = normalise(np.stack(rows))
+    for number in range(len(templates)):
+        others = np.delete(templates, number, axis=0).mean(axis=0)
+        similarity = float(templates[number] @ (others / np.linalg.norm(others)))
+        if similarity < threshold:
+            raise BadInputError(
+                f"photo {number + 1} does not match the other photos (similarity {similarity:.3f})",
+                code="enroll.inconsistent",
+                photo=number + 1,
+            )
+    scores = existing.scores(templates)
+    for number in range(len(templates)):
+        other, score = scores.best(number)
+        if other is not None and score >= threshold:
+            raise ConflictError(
+                f"photo {number + 1} shows a face already enrolled as another identity",
+                code="enroll.duplicate_identity",
+                photo=number + 1,
+            )
+    return templates

@@ -1,0 +1,82 @@
+"""Argument definitions of the ``consentry`` command (kept apart from what the commands do)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from policies.consent import Purpose
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="consentry", description="Consent and provenance gateway for personalized image generation."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, key: str, help_text: str, parent: Any = sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=handlers[key])
+        return p
+
+    demo = command("demo", "demo", "Run the whole gate offline on public-domain photos; print decisions")
+    demo.add_argument("--out", help="folder for released images (default DATA_DIR/demo/outputs)")
+
+    serve = command("serve", "serve", "Run the HTTP gateway (OpenAPI docs at /schema)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+
+    keys = sub.add_parser("keys", help="Signing keys").add_subparsers(dest="keys_command", required=True)
+    init = command("init", "keys_init", "Create a development CA and ES256 signing certificate", keys)
+    init.add_argument("--force", action="store_true", help="replace existing keys")
+
+    models = sub.add_parser("models", help="Generation models").add_subparsers(
+        dest="models_command", required=True
+    )
+    tiny = command("tiny", "models_tiny", "Build and save the tiny untrained pipeline", models)
+    tiny.add_argument("dir", nargs="?", help="target folder (default DATA_DIR/models/tiny)")
+
+    principal = sub.add_parser("principal", help="Principals and API keys").add_subparsers(
+        dest="principal_command", required=True
+    )
+    add = command("add", "principal_add", "Create a principal and print its API key once", principal)
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=["admin", "operator", "requester", "auditor"])
+
+    enroll = command("enroll", "enroll", "Enroll a protected identity from photos of one person")
+    enroll.add_argument("--label", required=True, help="operator's label for the identity")
+    enroll.add_argument("photos", nargs="+", help="photo files, each with exactly one face")
+
+    grant = command("grant", "grant", "Record a subject's consent for a principal")
+    grant.add_argument("identity", help="identity id (idn_…)")
+    grant.add_argument("--principal", required=True, help="grantee principal name or id")
+    grant.add_argument("--purpose", action="append", required=True, choices=[p.value for p in Purpose])
+    grant.add_argument("--deny", action="append", help="a prompt term this grant refuses (repeatable)")
+    grant.add_argument("--expires", help="ISO 8601 expiry with timezone, e.g. 2027-01-01T00:00:00+00:00")
+    grant.add_argument("--max-uses", type=int)
+    grant.add_argument("--attested-by", required=True, help="who collected the consent")
+    grant.add_argument("--consent-text", help="file with the consent text shown to the subject")
+
+    revoke = command("revoke", "revoke", "Revoke a grant (effective on the next request)")
+    revoke.add_argument("grant", help="grant id (gnt_…)")
+
+    gen = command("generate", "generate", "Generate through the gate as a requester principal")
+    gen.add_argument("--as", dest="as_principal", required=True, help="requester principal name")
+    gen.add_argument("--subject", required=True, help="identity id (idn_…)")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--purpose", required=True, choices=[p.value for p in Purpose])
+    gen.add_argument("--reference", action="append", help="reference photo of the subject (repeatable)")
+    gen.add_argument("--seed", type=int, default=0)
+
+    verify = command("verify", "verify", "Show the provenance of an image: C2PA, watermark, record")
+    verify.add_argument("file")
+    verify.add_argument("--json", action="store_true")
+
+    audit = sub.add_parser("audit", help="Audit log").add_subparsers(dest="audit_command", required=True)
+    av = command("verify", "audit_verify", "Re-compute the audit hash chain", audit)
+    av.add_argument("--json", action="store_true")
+    return parser

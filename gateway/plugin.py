@@ -1,0 +1,75 @@
+"""Consentry as a Litestar plugin: drop it into any Litestar app, or use ``create_app``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from litestar import Litestar
+from litestar.config.app import AppConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins import InitPluginProtocol
+
+from gateway.problems import HANDLERS
+from gateway.routes import CONTROLLERS, provide_principal
+from gateway.service import Gate
+from policies.config import Settings
+
+
+@dataclass
+class ConsentryConfig:
+    """How the plugin builds and exposes the gate."""
+
+    settings: Settings = field(default_factory=Settings)
+    """Deployment settings (``consentry.toml`` + ``CONSENTRY_*`` by default)."""
+    gate_factory: Callable[[Settings], Awaitable[Gate]] | None = None
+    """Builds the Gate at startup; default loads the configured models (``gateway.wiring.open_gate``)."""
+    state_key: str = "consentry_gate"
+    """Key of the Gate in ``app.state``."""
+    max_body_bytes: int = 64 * 1024 * 1024
+    """Largest request body accepted (base64 images are 4/3 of their file size)."""
+
+
+class ConsentryPlugin(InitPluginProtocol):
+    def __init__(self, config: ConsentryConfig | None = None) -> None:
+        self.config = config or ConsentryConfig()
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        cfg = self.config
+
+        @asynccontextmanager
+        async def lifespan(app: Litestar) -> AsyncIterator[None]:
+            # Models load once per process, here, not per request.
+            if cfg.gate_factory is None:
+                from gateway.wiring import open_gate
+
+                factory: Callable[[Settings], Awaitable[Gate]] = open_gate
+            else:
+                factory = cfg.gate_factory
+            gate = await factory(cfg.settings)
+            app.state[cfg.state_key] = gate
+            try:
+                yield
+            finally:
+                await gate.close()
+
+        def provide_gate(state: State) -> Gate:
+            return state[cfg.state_key]
+
+        app_config.route_handlers.extend(CONTROLLERS)
+        app_config.dependencies["gate"] = Provide(provide_gate, sync_to_thread=False)
+        app_config.dependencies["principal"] = Provide(provide_principal)
+        app_config.exception_handlers.update(HANDLERS)
+        app_config.lifespan.append(lifespan)
+        app_config.request_max_body_size = cfg.max_body_bytes
+        return app_config
+
+
+def create_app(config: ConsentryConfig | None = None) -> Litestar:
+    return Litestar(
+        plugins=[ConsentryPlugin(config)],
+        openapi_config=OpenAPIConfig(title="Consentry", version="0.1.0", path="/schema"),
+    )

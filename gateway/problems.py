@@ -1,0 +1,70 @@
+"""The one place where errors become HTTP responses: RFC 9457 problem+json with a stable code."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from pydantic import ValidationError
+
+from policies.errors import ConsentryError
+
+log = logging.getLogger("consentry.http")
+PROBLEM = "application/problem+json"
+
+# Litestar's own HTTP errors (routing, body limits, decoding) get codes of ours too.
+_LITESTAR_CODES = {
+    400: "input.invalid",
+    401: "auth.invalid_key",
+    404: "route.not_found",
+    405: "route.method_not_allowed",
+    413: "input.too_large",
+    415: "input.unsupported_media_type",
+}
+
+
+def problem(status: int, code: str, detail: str, **extra: Any) -> Response[dict[str, Any]]:
+    body = {"type": f"urn:consentry:problem:{code}", "title": code, "status": status, "detail": detail}
+    body["code"] = code
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return Response(content=body, status_code=status, media_type=PROBLEM)
+
+
+def consentry_error(_: Request[Any, Any, Any], exc: ConsentryError) -> Response[dict[str, Any]]:
+    if exc.status >= 500:
+        log.warning("%s: %s", exc.code, exc.detail)
+    return problem(exc.status, exc.code, exc.detail, **exc.extra)
+
+
+def pydantic_error(_: Request[Any, Any, Any], exc: ValidationError) -> Response[dict[str, Any]]:
+    errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors(include_url=False)]
+    return problem(400, "input.invalid", "the request body does not match the schema", errors=errors)
+
+
+def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    code = _LITESTAR_CODES.get(status, "http.error" if status < 500 else "internal.error")
+    detail = str(exc.detail)
+    extra: dict[str, Any] = {}
+    if isinstance(exc.__cause__, SerializationException):
+        # Litestar wraps a body that does not parse in a plain 400 ClientException.
+        code = "input.malformed_json"
+    elif isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        extra["errors"] = exc.extra
+    return problem(status, code, detail, **extra)
+
+
+def unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    # Never a traceback to the client; the log keeps it for the operator.
+    log.exception("unhandled error", exc_info=exc)
+    return problem(500, "internal.error", "internal error; the request was not completed")
+
+
+HANDLERS = {
+    ConsentryError: consentry_error,
+    ValidationError: pydantic_error,
+    HTTPException: http_error,
+    Exception: unexpected_error,
+}

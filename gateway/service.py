@@ -1,0 +1,297 @@
+"""The Gate: every operation of Consentry, shared by the HTTP routes and the CLI.
+
+It owns the loaded models, the stores and the stage pipeline. Routes and commands only parse
+input, call one method, and render the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from detectors.analyzer import FaceAnalyzer
+from detectors.enrollment import enrollment_templates
+from detectors.images import decode_image, sniff_mime
+from gateway.index_cache import IndexCache
+from gateway.pipeline import GateContext, Pipeline
+from gateway.schemas import EnrollRequest, GenerateRequest, GrantRequest, decode_b64
+from gateway.storage.audit_log import AuditLog
+from gateway.storage.db import Database
+from gateway.storage.principals import Principals, PrincipalView
+from gateway.storage.records import Records
+from gateway.storage.subjects import IdentityView, Subjects
+from gateway.storage.tables import GenerationRecord
+from gateway.storage.vault import TemplateVault, load_master_key
+from generation.base import Generator
+from policies.config import Settings
+from policies.consent import GrantTerms
+from policies.decision import Decision
+from policies.errors import BadInputError, ConfigurationError, NotFoundError, RefusedError, StageError
+from policies.roles import Action, require
+from provenance.audit import ChainedEvent, ChainReport
+from provenance.keys import load_signing_material
+from provenance.manifest import read_manifest
+from provenance.watermark import Watermarker
+
+
+def _read_c2pa(data: bytes, mime: str, anchors: str | None) -> dict[str, Any]:
+    """The C2PA report; a format C2PA cannot carry simply has no manifest."""
+    try:
+        return read_manifest(data, mime, anchors).as_dict()
+    except BadInputError as exc:
+        if exc.code != "c2pa.unsupported_format":
+            raise
+        return {"state": None, "note": f"{mime} cannot carry a C2PA manifest"}
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A released generation: signed PNG files and where they were written."""
+
+    record_id: str
+    watermark: str
+    images: tuple[bytes, ...]
+    paths: tuple[Path, ...]
+    decision: Decision
+    audit_seq: int
+    model: str
+    untrained: bool
+
+
+class Gate:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        analyzer: FaceAnalyzer,
+        generator: Generator,
+        pipeline_factory: Any,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.audit = AuditLog(db)
+        self.principals = Principals(db)
+        self.records = Records(db)
+        assert settings.keys_dir is not None
+        self.subjects = Subjects(db, TemplateVault(load_master_key(settings.keys_dir)), self.audit)
+        self.analyzer = analyzer
+        self.generator = generator
+        self.watermarker = Watermarker()
+        self.index = IndexCache(
+            self.subjects, analyzer.embedder.name, getattr(analyzer.embedder, "device", "cpu")
+        )
+        self.pipeline: Pipeline = pipeline_factory(self)
+
+    async def close(self) -> None:
+        self.generator.close()
+        await self.db.dispose()
+
+    # -- enrollment and consent -------------------------------------------------------------
+
+    async def enroll(self, actor: PrincipalView, req: EnrollRequest) -> IdentityView:
+        require(actor.role, Action.enroll)
+        s = self.settings
+        images = [
+            decode_image(
+                decode_b64(p, f"photo {i}"), max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels
+            )
+            for i, p in enumerate(req.photos, start=1)
+        ]
+        analyzed = await asyncio.to_thread(self.analyzer.analyze, images)
+        templates = enrollment_templates(
+            analyzed,
+            min_photos=s.min_enroll_photos,
+            min_face_px=s.min_enroll_face_px,
+            threshold=s.match_threshold,
+            existing=await self.index.get(),
+        )
+        details = {"embedder": self.analyzer.embedder.name, "photos": len(images)}
+        return await self.subjects.enroll(
+            req.label, templates, self.analyzer.embedder.name, actor.id, details
+        )
+
+    async def grant(self, actor: PrincipalView, req: GrantRequest) -> GrantTerms:
+        require(actor.role, Action.grant)
+        try:
+            grantee = await self.principals.get(req.principal)
+        except NotFoundError:
+            grantee = await self.principals.by_name(req.principal)
+        evidence = {
+            "attested_by": req.attested_by,
+            "attested_at": datetime.now(UTC).isoformat(),
+            "consent_text_sha256": req.consent_text_sha256,
+        }
+        return await self.subjects.grant(
+            identity_id=req.identity_id,
+            principal_id=grantee.id,
+            purposes=[p.value for p in req.purposes],
+            deny_terms=list(req.deny_terms),
+            expires_at=req.expires_at,
+            max_uses=req.max_uses,
+            evidence=evidence,
+            actor=actor.id,
+        )
+
+    async def revoke(self, actor: PrincipalView, grant_id: str) -> None:
+        require(actor.role, Action.revoke)
+        await self.subjects.revoke(grant_id, actor.id)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    async def generate(self, principal: PrincipalView, req: GenerateRequest) -> Release:
+        require(principal.role, Action.generate)
+        s = self.settings
+        # Input problems are answered before anything is stored or audited.
+        subject = await self.subjects.get(req.subject_id)
+        if len(req.references) > s.max_references:
+            raise BadInputError(
+                f"at most {s.max_references} reference images", code="input.too_many_references"
+            )
+        refs = [
+            decode_image(
+                decode_b64(r, f"reference {i}"), max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels
+            )
+            for i, r in enumerate(req.references, start=1)
+        ]
+        request_id = f"gen_{secrets.token_hex(8)}"
+        ctx = GateContext(
+            request_id=request_id,
+            principal=principal,
+            subject=subject,
+            purpose=req.purpose.value,
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt,
+            seed=req.seed,
+            steps=req.steps or s.generation_steps,
+            width=req.width or s.image_size,
+            height=req.height or s.image_size,
+            num_images=req.num_images,
+            references=refs,
+            watermark=secrets.token_bytes(8),
+        )
+        decision = await self.pipeline.run(ctx)
+        body = {
+            "request_id": request_id,
+            "principal_id": principal.id,
+            "identity_id": subject.id,
+            "purpose": ctx.purpose,
+            "prompt_sha256": hashlib.sha256(req.prompt.encode()).hexdigest(),
+            "references": len(refs),
+            "decision": decision.code,
+            "stages": decision.as_dict(),
+        }
+        if s.audit_prompts:
+            body["prompt"] = req.prompt
+        if not decision.allowed:
+            await self._refuse(body, decision)
+        return await self._release(ctx, body, decision)
+
+    async def _refuse(self, body: dict[str, Any], decision: Decision) -> None:
+        event = await self.audit.append("generation.refused", body)
+        name, verdict = decision.refusal or ("gate", None)
+        reason = verdict.reason if verdict else "refused"
+        error_cls = StageError if decision.code.startswith("stage.") else RefusedError
+        raise error_cls(
+            f"{name}: {reason}", code=decision.code, stages=decision.as_dict(), audit_seq=event.seq
+        )
+
+    async def _release(self, ctx: GateContext, body: dict[str, Any], decision: Decision) -> Release:
+        assert ctx.grant is not None and self.settings.output_dir is not None
+        out_dir = self.settings.output_dir
+        paths = tuple(out_dir / f"{ctx.request_id}_{i}.png" for i in range(len(ctx.signed)))
+
+        async def write(session: Any, event: ChainedEvent) -> None:
+            # The use is counted atomically with the audit event: a grant exhausted or revoked by
+            # a concurrent request makes this one fail, and the whole transaction rolls back.
+            if not await Subjects.consume(session, ctx.grant.id):  # type: ignore[union-attr]
+                raise RefusedError("the grant was used up or revoked meanwhile", code="consent.exhausted")
+            session.add(
+                GenerationRecord(
+                    id=ctx.request_id,
+                    watermark=ctx.watermark.hex(),
+                    principal_id=ctx.principal.id,
+                    identity_id=ctx.subject.id,
+                    grant_id=ctx.grant.id,  # type: ignore[union-attr]
+                    prompt_sha256=body["prompt_sha256"],
+                    model=ctx.model,
+                    untrained=ctx.untrained,
+                    manifest=ctx.manifest,
+                    outputs=[str(p) for p in paths],
+                    audit_seq=event.seq,
+                    created_at=datetime.now(UTC),
+                )
+            )
+
+        body = {**body, "watermark": ctx.watermark.hex(), "model": ctx.model, "untrained": ctx.untrained}
+        try:
+            event = await self.audit.append("generation.released", body, also=write)
+        except RefusedError as exc:
+            body["decision"] = exc.code
+            await self._refuse(body, decision)
+            raise  # pragma: no cover  (_refuse always raises)
+        # Only now, with the audit event committed, may the image leave. Write atomically so a
+        # crash never leaves a half-written file behind.
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path, data in zip(paths, ctx.signed, strict=True):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return Release(
+            ctx.request_id,
+            ctx.watermark.hex(),
+            tuple(ctx.signed),
+            paths,
+            decision,
+            event.seq,
+            ctx.model,
+            ctx.untrained,
+        )
+
+    # -- audit ----------------------------------------------------------------------------
+
+    async def verify_audit(self, actor: PrincipalView | None) -> ChainReport:
+        if actor is not None:
+            require(actor.role, Action.read_audit)
+        return await self.audit.verify()
+
+    # -- provenance -------------------------------------------------------------------------
+
+    def _trust_anchors(self) -> str | None:
+        if not self.settings.trust_dev_ca or self.settings.keys_dir is None:
+            return None
+        try:
+            return load_signing_material(self.settings.keys_dir).trust_anchor_pem
+        except ConfigurationError:
+            return None  # no keys here: manifests can still be read, just not as Trusted
+
+    async def verify_provenance(self, image_b64: str) -> dict[str, Any]:
+        """C2PA state, decoded watermark, and the generation record the mark resolves to."""
+        s = self.settings
+        data = decode_b64(image_b64, "image")
+        image = decode_image(data, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
+        mime = sniff_mime(data)
+        anchors = self._trust_anchors()
+        c2pa_report, reading = await asyncio.gather(
+            asyncio.to_thread(_read_c2pa, data, mime, anchors),
+            asyncio.to_thread(self.watermarker.decode, image),
+        )
+        record = None
+        if reading.found and reading.payload is not None:
+            found = await self.records.by_watermark(reading.payload.hex())
+            record = found.as_dict() if found else None
+        return {
+            "c2pa": c2pa_report,
+            "watermark": {
+                "found": reading.found,
+                "payload": reading.payload.hex() if reading.payload else None,
+                "confidence": reading.confidence,
+            },
+            "record": record,
+            "provenance_found": c2pa_report["state"] is not None or record is not None,
+        }
