@@ -228,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CONSENTRY_LOG_LEVEL", "WARNING"))
     parser = build_parser()
     args = parser.parse_args(argv)
+    from gateway.wiring import quiet_libraries
+
+    quiet_libraries()
     try:
         return int(args.func(args))
     except RefusedError as exc:

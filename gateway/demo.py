@@ -20,7 +20,7 @@ from gateway.schemas import EnrollRequest, GenerateRequest, GrantRequest
 from gateway.service import Gate, Release
 from gateway.storage.principals import PrincipalView
 from policies.config import Settings
-from policies.errors import ConsentryError
+from policies.errors import ConfigurationError, ConsentryError
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +74,16 @@ def print_table(stories: list[Story]) -> None:
 
 
 async def run_demo(settings: Settings, out: Path | None) -> int:
-    from provenance.keys import init_dev_keys
-
     from gateway.wiring import open_gate
     from generation.tiny import build_tiny_pipeline
+    from provenance.keys import init_dev_keys, load_signing_material
 
     assert settings.keys_dir is not None and settings.model_dir is not None
-    if not (settings.keys_dir / "signer.pem").exists():
+    try:
+        load_signing_material(settings.keys_dir)
+    except ConfigurationError as exc:
+        if exc.code != "keys.missing":
+            raise
         init_dev_keys(settings.keys_dir)
     if not (settings.model_dir / "model_index.json").exists():
         build_tiny_pipeline(settings.model_dir)
@@ -97,14 +100,22 @@ async def run_demo(settings: Settings, out: Path | None) -> int:
     try:
         stories = await _stories(gate)
         report = await gate.verify_audit(None)
+        released = [p for s in stories for p in s.outputs]
+        checks = [await gate.verify_provenance(base64.b64encode(p.read_bytes()).decode()) for p in released]
     finally:
         await gate.close()
     print("Consentry demo — tiny UNTRAINED pipeline: released images are noise-like by design.\n")
     print_table(stories)
-    released = [p for s in stories for p in s.outputs]
-    print(f"\nreleased images ({len(released)}):")
-    for path in released:
+    print(f"\nreleased images ({len(released)}), read back as a verifier would:")
+    for path, check in zip(released, checks, strict=True):
+        mark = check["watermark"]
+        record = check["record"] or {}
         print(f"  {path}")
+        print(
+            f"    C2PA {check['c2pa']['state']}; watermark {mark['payload']} "
+            f"(confidence {mark['confidence']:.2f}) -> record {record.get('id')}, "
+            f"audit seq {record.get('audit_seq')}"
+        )
     print(f"audit chain: {'intact' if report.ok else 'BROKEN'}, {report.events} events")
     return 0 if report.ok and released else 1
 

@@ -44,12 +44,18 @@ class ConsentryPlugin(InitPluginProtocol):
         async def lifespan(app: Litestar) -> AsyncIterator[None]:
             # Models load once per process, here, not per request.
             if cfg.gate_factory is None:
-                from gateway.wiring import open_gate
+                from gateway.wiring import open_gate, quiet_libraries
 
+                quiet_libraries()
                 factory: Callable[[Settings], Awaitable[Gate]] = open_gate
             else:
                 factory = cfg.gate_factory
             gate = await factory(cfg.settings)
+            try:
+                await gate.warm()
+            except BaseException:
+                await gate.close()
+                raise
             app.state[cfg.state_key] = gate
             try:
                 yield

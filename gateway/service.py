@@ -10,10 +10,12 @@ import asyncio
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from detectors.analyzer import FaceAnalyzer
 from detectors.enrollment import enrollment_templates
@@ -38,6 +40,14 @@ from provenance.audit import ChainedEvent, ChainReport
 from provenance.keys import load_signing_material
 from provenance.manifest import read_manifest
 from provenance.watermark import Watermarker
+
+
+class ModelSource(Protocol):
+    """Where the Gate gets its models (see gateway.wiring.Models)."""
+
+    def analyzer(self) -> FaceAnalyzer: ...
+    def generator(self) -> Generator: ...
+    def close(self) -> None: ...
 
 
 def _read_c2pa(data: bytes, mime: str, anchors: str | None) -> dict[str, Any]:
@@ -65,13 +75,15 @@ class Release:
 
 
 class Gate:
+    """Operations over the stores; models come from ``models`` and load on first use (the HTTP
+    lifespan warms them at startup, so no request pays for a load)."""
+
     def __init__(
         self,
         settings: Settings,
         db: Database,
-        analyzer: FaceAnalyzer,
-        generator: Generator,
-        pipeline_factory: Any,
+        models: ModelSource,
+        pipeline_factory: Callable[[Gate], Pipeline],
     ) -> None:
         self.settings = settings
         self.db = db
@@ -80,16 +92,33 @@ class Gate:
         self.records = Records(db)
         assert settings.keys_dir is not None
         self.subjects = Subjects(db, TemplateVault(load_master_key(settings.keys_dir)), self.audit)
-        self.analyzer = analyzer
-        self.generator = generator
+        self.models = models
         self.watermarker = Watermarker()
-        self.index = IndexCache(
-            self.subjects, analyzer.embedder.name, getattr(analyzer.embedder, "device", "cpu")
-        )
-        self.pipeline: Pipeline = pipeline_factory(self)
+        self._pipeline_factory = pipeline_factory
+
+    @property
+    def analyzer(self) -> FaceAnalyzer:
+        return self.models.analyzer()
+
+    @property
+    def generator(self) -> Generator:
+        return self.models.generator()
+
+    @cached_property
+    def index(self) -> IndexCache:
+        embedder = self.analyzer.embedder
+        return IndexCache(self.subjects, embedder.name, str(getattr(embedder, "device", "cpu")))
+
+    @cached_property
+    def pipeline(self) -> Pipeline:
+        return self._pipeline_factory(self)
+
+    async def warm(self) -> None:
+        """Load every model now, in a worker thread."""
+        await asyncio.to_thread(lambda: (self.analyzer, self.generator))
 
     async def close(self) -> None:
-        self.generator.close()
+        self.models.close()
         await self.db.dispose()
 
     # -- enrollment and consent -------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from gateway import __version__
 from policies.config import EmbedderKind, Settings
 from policies.errors import ConfigurationError
@@ -64,19 +66,46 @@ def build_pipeline(gate):  # type: ignore[no-untyped-def]
     )
 
 
-async def open_gate(settings: Settings, *, analyzer=None, generator=None):  # type: ignore[no-untyped-def]
-    """Open the database (migrating it), load the models once, and assemble the pipeline."""
-    import asyncio
+class Models:
+    """Loads the analyzer and the generator once, on first use; injected ones are used as is."""
 
+    def __init__(self, settings: Settings, *, analyzer=None, generator=None) -> None:  # type: ignore[no-untyped-def]
+        self.settings = settings
+        self._analyzer = analyzer
+        self._generator = generator
+        self._lock = threading.Lock()
+
+    def analyzer(self):  # type: ignore[no-untyped-def]
+        with self._lock:
+            if self._analyzer is None:
+                self._analyzer = build_analyzer(self.settings)
+            return self._analyzer
+
+    def generator(self):  # type: ignore[no-untyped-def]
+        with self._lock:
+            if self._generator is None:
+                self._generator = build_generator(self.settings)
+            return self._generator
+
+    def close(self) -> None:
+        if self._generator is not None:
+            self._generator.close()
+
+
+def quiet_libraries() -> None:
+    """diffusers and transformers draw progress bars on every load; a server log wants none."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+async def open_gate(settings: Settings, *, analyzer=None, generator=None):  # type: ignore[no-untyped-def]
+    """Open the database (migrating it) and assemble the gate; models load on first use."""
     from gateway.service import Gate
     from gateway.storage.db import Database
 
     db = Database(settings.database_url)
     await db.migrate()
-    try:
-        analyzer = analyzer or await asyncio.to_thread(build_analyzer, settings)
-        generator = generator or await asyncio.to_thread(build_generator, settings)
-    except BaseException:
-        await db.dispose()
-        raise
-    return Gate(settings, db, analyzer, generator, build_pipeline)
+    return Gate(settings, db, Models(settings, analyzer=analyzer, generator=generator), build_pipeline)

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 async def keys(client: AsyncTestClient, admin_key: str) -> dict[str, str]:
     out = {}
     for name, role in [("op", "operator"), ("P", "requester"), ("aud", "auditor")]:
-        r = await client.post("/v1/principals", json={"name": name, "role": role}, headers={"X-API-Key": admin_key})
+        r = await client.post(
+            "/v1/principals", json={"name": name, "role": role}, headers={"X-API-Key": admin_key}
+        )
         out[name] = r.json()["api_key"]
     return out
 
@@ -53,7 +55,12 @@ async def test_bad_enrollment_photo(client, keys, faces_dir, case) -> None:  # t
 @pytest.mark.parametrize("case", ["text", "truncated", "five_byte_png"])
 async def test_bad_reference_image(client, keys, faces_dir, case) -> None:  # type: ignore[no-untyped-def]
     before = await audit_events(client, keys)
-    body = {"subject_id": "idn_x", "purpose": "portrait", "prompt": "p", "references": [bad_images(faces_dir)[case]]}
+    body = {
+        "subject_id": "idn_x",
+        "purpose": "portrait",
+        "prompt": "p",
+        "references": [bad_images(faces_dir)[case]],
+    }
     r = await client.post("/v1/generate", json=body, headers={"X-API-Key": keys["P"]})
     assert r.status_code in {400, 404}, r.text
     assert r.json()["code"] in {"image.invalid", "identity.not_found"}
@@ -61,7 +68,9 @@ async def test_bad_reference_image(client, keys, faces_dir, case) -> None:  # ty
 
 
 async def test_empty_body_and_empty_image(client, keys) -> None:  # type: ignore[no-untyped-def]
-    r = await client.post("/v1/identities", content=b"", headers={"X-API-Key": keys["op"], "content-type": "application/json"})
+    r = await client.post(
+        "/v1/identities", content=b"", headers={"X-API-Key": keys["op"], "content-type": "application/json"}
+    )
     assert r.status_code == 400 and r.json()["code"].startswith("input.")
     r = await client.post("/v1/provenance/verify", json={"image": ""}, headers={"X-API-Key": keys["aud"]})
     assert (r.status_code, r.json()["code"]) == (400, "input.invalid")

@@ -31,7 +31,9 @@ def photo(faces_dir: Path, person: str, n: int) -> Path:
 async def world(client: AsyncTestClient, admin_key: str, faces_dir: Path) -> dict[str, str]:
     keys: dict[str, str] = {}
     for name, role in [("op", "operator"), ("P", "requester"), ("Q", "requester"), ("aud", "auditor")]:
-        r = await client.post("/v1/principals", json={"name": name, "role": role}, headers={"X-API-Key": admin_key})
+        r = await client.post(
+            "/v1/principals", json={"name": name, "role": role}, headers={"X-API-Key": admin_key}
+        )
         assert r.status_code == 201, r.text
         keys[name] = r.json()["api_key"]
         keys[f"{name}_id"] = r.json()["id"]
@@ -63,7 +65,14 @@ async def test_granted_principal_gets_a_watermarked_signed_image(client, world, 
     status, body = await generate(client, world["P"], world[A], photo(faces_dir, A, 5))
     assert status == 201, body
     assert body["untrained"] is True
-    assert list(body["stages"]) == ["consent", "verify_refs", "generate", "verify_output", "watermark", "sign"]
+    assert list(body["stages"]) == [
+        "consent",
+        "verify_refs",
+        "generate",
+        "verify_output",
+        "watermark",
+        "sign",
+    ]
     assert all(v["allowed"] for v in body["stages"].values())
     assert body["stages"]["verify_refs"]["scores"]["subject_min"] >= 0.9
     png = base64.b64decode(body["images"][0])

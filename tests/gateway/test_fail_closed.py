@@ -1,0 +1,93 @@
+"""The gate fails closed: a stage that raises or hangs refuses, is audited, and releases nothing.
+
+The faulty generators are real implementations of the Generator protocol (as httpx's
+MockTransport is of a transport), injected through the plugin config; nothing is monkeypatched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from gateway.plugin import ConsentryConfig, create_app
+from gateway.wiring import open_gate
+from generation.base import GenerationJob, GenerationOutput
+from policies.config import Settings
+from tests.gateway.conftest import b64
+
+
+class RaisingGenerator:
+    name = "raising"
+    untrained = True
+
+    def generate(self, job: GenerationJob) -> GenerationOutput:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def close(self) -> None:
+        pass
+
+
+class HangingGenerator:
+    name = "hanging"
+    untrained = True
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def generate(self, job: GenerationJob) -> GenerationOutput:
+        self.release.wait(30)
+        raise RuntimeError("released by the test")
+
+    def close(self) -> None:
+        self.release.set()
+
+
+@pytest.mark.parametrize(
+    ("generator", "code", "status"),
+    [(RaisingGenerator, "stage.error", 503), (HangingGenerator, "stage.timeout", 503)],
+)
+async def test_faulty_generator_is_refused_and_audited(
+    tmp_path: Path, tiny_model: Path, dev_keys: Path, faces_dir: Path, generator, code: str, status: int
+) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(
+        data_dir=tmp_path, model_dir=tiny_model, keys_dir=dev_keys, device="cpu", stage_timeout_s=1.0
+    )
+    fake = generator()
+
+    async def factory(s: Settings):  # type: ignore[no-untyped-def]
+        return await open_gate(s, generator=fake)
+
+    app = create_app(ConsentryConfig(settings=settings, gate_factory=factory))
+    async with AsyncTestClient(app=app, timeout=60) as client:
+        gate = app.state["consentry_gate"]
+        admin = (await gate.principals.create("admin", "admin")).secret
+        h = {"X-API-Key": admin}
+        p = (await client.post("/v1/principals", json={"name": "P", "role": "requester"}, headers=h)).json()
+        photos = [
+            b64(faces_dir / "lfw" / "Jacques_Chirac" / f"Jacques_Chirac_{n:04d}.jpg") for n in (1, 2, 3)
+        ]
+        ident = (await client.post("/v1/identities", json={"label": "A", "photos": photos}, headers=h)).json()
+        grant = {
+            "identity_id": ident["id"],
+            "principal": "P",
+            "purposes": ["avatar"],
+            "attested_by": "t",
+            "consent_text_sha256": hashlib.sha256(b"t").hexdigest(),
+        }
+        assert (await client.post("/v1/grants", json=grant, headers=h)).status_code == 201
+        body = {"subject_id": ident["id"], "purpose": "avatar", "prompt": "an avatar"}
+        r = await client.post("/v1/generate", json=body, headers={"X-API-Key": p["api_key"]})
+        assert r.status_code == status, r.text
+        problem = r.json()
+        assert problem["code"] == code
+        assert problem["stages"]["generate"]["allowed"] is False
+        assert "images" not in problem
+        events = [e async for e in gate.audit.events()]
+        assert events[-1].kind == "generation.refused" and events[-1].body["decision"] == code
+        assert (await gate.audit.verify()).ok
+        outputs = tmp_path / "outputs"
+        assert not outputs.exists() or not any(outputs.iterdir())
