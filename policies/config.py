@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     """State-dict file for the InceptionResnetV1 backend; required when ``embedder=facenet``."""
     match_threshold: float = 0.925
     """Cosine similarity at or above which two faces are the same person."""
-    min_face_px: int = 40
+    min_face_px: int = 20
     """Faces smaller than this (shorter box side, pixels) are ignored by detection."""
     min_enroll_photos: int = 3
     """Fewest photos an enrollment needs."""

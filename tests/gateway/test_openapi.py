@@ -1,0 +1,36 @@
+"""OpenAPI docs and health are served without a key; every documented route is there."""
+
+from __future__ import annotations
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def test_openapi_lists_every_route(client: AsyncTestClient) -> None:
+    r = await client.get("/schema/openapi.json")
+    assert r.status_code == 200
+    paths = set(r.json()["paths"])
+    assert {
+        "/health",
+        "/v1/principals",
+        "/v1/identities",
+        "/v1/grants",
+        "/v1/grants/{grant_id}/revoke",
+        "/v1/generate",
+        "/v1/provenance/verify",
+        "/v1/audit/verify",
+    } <= paths
+
+
+async def test_health(client: AsyncTestClient) -> None:
+    r = await client.get("/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["embedder"] == "dlib-resnet-v1" and body["untrained_model"] is True
+
+
+async def test_unknown_route_is_problem_json(client: AsyncTestClient) -> None:
+    r = await client.get("/v1/nope")
+    assert r.status_code == 404 and r.json()["code"] == "route.not_found"
