@@ -204,6 +204,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(_settings(), Path(args.out) if args.out else None))
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Measure face matching on DIR/<person>/<photo> and optionally configure the threshold.
+
+    The report goes to ``--report`` or ``DATA_DIR/calibration-report.html`` (state and
+    artefacts live under the data directory, not wherever the command happens to run).
+    ``--write-config`` without a file writes the file Settings reads (``config_file()``).
+    Nothing is written unless the whole measurement succeeded.
+    """
+    from gateway.calibrate import calibrate, scan_photos, write_match_threshold
+    from gateway.calibrate_report import summary_text, write_report
+    from gateway.wiring import build_analyzer
+    from policies.config import config_file
+
+    settings = _settings()
+    root = Path(args.dir)
+    photos = scan_photos(root)  # bad folders fail here, before the models load
+    result = calibrate(
+        photos,
+        build_analyzer(settings),
+        max_image_bytes=settings.max_image_bytes,
+        max_image_pixels=settings.max_image_pixels,
+        root=root,
+    )
+    report = write_report(
+        result,
+        Path(args.report) if args.report else settings.data_dir / "calibration-report.html",
+        settings.match_threshold,
+    )
+    config = None
+    if args.write_config is not None:
+        config = Path(args.write_config) if args.write_config else config_file()
+        write_match_threshold(config, result.chosen.point.threshold)
+    if args.json:
+        out = result.as_dict() | {"report": str(report), "config_written": str(config) if config else None}
+        print(json.dumps(out, indent=2))
+        return 0
+    print(summary_text(result, settings.match_threshold))
+    print(f"report: {report}")
+    if config is not None:
+        print(f"match_threshold = {result.chosen.point.threshold} written to {config}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gateway.cli_parser import build
 
@@ -220,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
             "generate": cmd_generate,
             "verify": cmd_verify,
             "audit_verify": cmd_audit_verify,
+            "calibrate": cmd_calibrate,
         }
     )
 

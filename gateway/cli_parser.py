@@ -79,4 +79,18 @@ def build(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="Audit log").add_subparsers(dest="audit_command", required=True)
     av = command("verify", "audit_verify", "Re-compute the audit hash chain", audit)
     av.add_argument("--json", action="store_true")
+
+    cal = command(
+        "calibrate", "calibrate", "Measure face matching on DIR/<person>/<photo>; suggest a threshold"
+    )
+    cal.add_argument("dir", help="folder with one sub-folder of photos per person")
+    cal.add_argument("--json", action="store_true")
+    cal.add_argument("--report", help="HTML report file (default DATA_DIR/calibration-report.html)")
+    cal.add_argument(
+        "--write-config",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="write the chosen match_threshold into FILE (default: the consentry.toml Settings reads)",
+    )
     return parser

@@ -44,6 +44,27 @@ class AdminController(Controller):
         issued = await gate.principals.create(data.name, data.role)
         return {"id": issued.principal.id, "name": data.name, "role": data.role, "api_key": issued.secret}
 
+    @post("/{principal_id:str}/keys", summary="Issue another API key for a principal (shown once)")
+    async def issue_key(
+        self, gate: Gate, principal: PrincipalView, principal_id: str = Parameter(max_length=40)
+    ) -> dict[str, Any]:
+        require(principal.role, Action.manage_principals)
+        issued = await gate.principals.issue_key(principal_id)
+        return {"id": issued.key_id, "principal_id": principal_id, "api_key": issued.secret}
+
+
+class KeysController(Controller):
+    path = "/v1/keys"
+    tags = ["admin"]
+
+    @post("/{key_id:str}/revoke", summary="Revoke an API key; it fails from the next request on")
+    async def revoke_key(
+        self, gate: Gate, principal: PrincipalView, key_id: str = Parameter(max_length=40)
+    ) -> dict[str, Any]:
+        require(principal.role, Action.manage_principals)
+        await gate.principals.revoke_key(key_id)
+        return {"id": key_id, "revoked": True}
+
 
 class ConsentController(Controller):
     path = "/v1"
@@ -53,6 +74,13 @@ class ConsentController(Controller):
     async def enroll(self, data: EnrollRequest, gate: Gate, principal: PrincipalView) -> dict[str, Any]:
         identity = await gate.enroll(principal, data)
         return {"id": identity.id, "label": identity.label, "status": identity.status}
+
+    @post("/identities/{identity_id:str}/erase", summary="Erase an identity (crypto-shred its templates)")
+    async def erase(
+        self, gate: Gate, principal: PrincipalView, identity_id: str = Parameter(max_length=40)
+    ) -> dict[str, Any]:
+        counts = await gate.erase(principal, identity_id)
+        return {"id": identity_id, "erased": True, **counts}
 
     @post("/grants", summary="Record a subject's consent for a principal")
     async def grant(self, data: GrantRequest, gate: Gate, principal: PrincipalView) -> dict[str, Any]:
@@ -107,4 +135,11 @@ class ProvenanceController(Controller):
         return (await gate.verify_audit(principal)).as_dict()
 
 
-CONTROLLERS = [HealthController, AdminController, ConsentController, GenerateController, ProvenanceController]
+CONTROLLERS = [
+    HealthController,
+    AdminController,
+    KeysController,
+    ConsentController,
+    GenerateController,
+    ProvenanceController,
+]

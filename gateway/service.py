@@ -167,6 +167,10 @@ class Gate:
             actor=actor.id,
         )
 
+    async def erase(self, actor: PrincipalView, identity_id: str) -> dict[str, int]:
+        require(actor.role, Action.erase)
+        return await self.subjects.erase(identity_id, actor.id)
+
     async def revoke(self, actor: PrincipalView, grant_id: str) -> None:
         require(actor.role, Action.revoke)
         await self.subjects.revoke(grant_id, actor.id)

@@ -73,6 +73,7 @@ class Models:
         self.settings = settings
         self._analyzer = analyzer
         self._generator = generator
+        self._injected_generator = generator is not None
         self._lock = threading.Lock()
 
     def analyzer(self):  # type: ignore[no-untyped-def]
@@ -88,7 +89,8 @@ class Models:
             return self._generator
 
     def close(self) -> None:
-        if self._generator is not None:
+        # Close only what this holder built: an injected generator belongs to whoever made it.
+        if self._generator is not None and not self._injected_generator:
             self._generator.close()
 
 

@@ -10,16 +10,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.storage.audit_log import AuditLog
 from gateway.storage.db import Database
 from gateway.storage.principals import new_id
-from gateway.storage.tables import Grant, Identity, Principal, Template
+from gateway.storage.tables import GenerationRecord, Grant, Identity, Principal, Template
 from gateway.storage.vault import TemplateVault
 from policies.consent import GrantTerms, Purpose
-from policies.errors import BadInputError, NotFoundError
+from policies.errors import BadInputError, ConflictError, NotFoundError
 from provenance.audit import ChainedEvent
 
 
@@ -189,6 +189,47 @@ class Subjects:
                 raise NotFoundError(f"no live grant {grant_id}", code="grant.not_found")
 
         await self.audit.append("grant.revoked", {"grant_id": grant_id, "actor": actor}, also=write)
+
+    async def erase(self, identity_id: str, actor: str) -> dict[str, int]:
+        """Erase an identity: destroy its data key (crypto-shredding every template ciphertext,
+        including copies in backups), delete its templates, revoke its grants, drop its label,
+        and flag its past generation records. This version stores no adapters and no reference
+        photos, so there are none to delete; the audit event says so."""
+        now = datetime.now(UTC)
+        counts: dict[str, int] = {}
+
+        async def write(session: AsyncSession, _event: ChainedEvent) -> None:
+            identity = await session.get(Identity, identity_id, with_for_update=True)
+            if identity is None:
+                raise NotFoundError(f"no identity {identity_id}", code="identity.not_found")
+            if identity.status == "erased":
+                raise ConflictError(f"identity {identity_id} is already erased", code="identity.erased")
+            identity.status, identity.data_key, identity.label, identity.erased_at = "erased", None, "", now
+            deleted = await session.execute(delete(Template).where(Template.identity_id == identity_id))
+            revoked = await session.execute(
+                update(Grant)
+                .where(Grant.identity_id == identity_id, Grant.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            flagged = await session.execute(
+                update(GenerationRecord)
+                .where(GenerationRecord.identity_id == identity_id)
+                .values(subject_erased=True)
+            )
+            counts.update(
+                templates_destroyed=deleted.rowcount,
+                grants_revoked=revoked.rowcount,
+                records_flagged=flagged.rowcount,
+            )
+
+        body = {"identity_id": identity_id, "actor": actor, "adapters_deleted": 0, "photos_deleted": 0}
+        # The counts are only known inside the transaction; the event states what was asked.
+        await self.audit.append("identity.erased", body, also=write)
+        if self.db.is_sqlite:
+            # Fold the write-ahead log into the main file so no older page still holds the key.
+            async with self.db.engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        return counts
 
     async def grants_for(self, identity_id: str, principal_id: str) -> list[GrantTerms]:
         async with self.db.session() as session:

@@ -5,19 +5,53 @@ Built once per test module (models load once), in a temporary data directory.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
-from litestar.testing import AsyncTestClient
+from litestar import Litestar
 
 from gateway.plugin import ConsentryConfig, create_app
 from gateway.service import Gate
 from generation.tiny import build_tiny_pipeline
 from policies.config import Settings
 from provenance.keys import init_dev_keys
+
+
+class AppClient(httpx.AsyncClient):
+    """An HTTP client bound to an in-process app whose lifespan runs in the test's own event loop
+    (Litestar's AsyncTestClient runs the lifespan in a second loop, which asyncpg pools reject)."""
+
+    def __init__(self, app: Litestar) -> None:
+        super().__init__(transport=httpx.ASGITransport(app=app), base_url="http://testserver", timeout=120)
+        self.app = app
+
+
+@asynccontextmanager
+async def serve(app: Litestar) -> AsyncIterator[AppClient]:
+    """Run the app's ASGI lifespan in one background task of the current loop (so fixtures may
+    set up and tear down in different tasks), then yield a client bound to the app."""
+    inbox: asyncio.Queue[dict] = asyncio.Queue()  # type: ignore[type-arg]
+    outbox: asyncio.Queue[dict] = asyncio.Queue()  # type: ignore[type-arg]
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    task = asyncio.create_task(app(scope, inbox.get, outbox.put))  # type: ignore[arg-type]
+    await inbox.put({"type": "lifespan.startup"})
+    started = await outbox.get()
+    if started["type"] != "lifespan.startup.complete":
+        await task
+        raise RuntimeError(f"app failed to start: {started.get('message')}")
+    try:
+        async with AppClient(app) as client:
+            yield client
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        await outbox.get()
+        await task
 
 
 def b64(path: Path) -> str:
@@ -43,14 +77,45 @@ def settings(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, dev_key
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:
+async def client(settings: Settings) -> AsyncIterator[AppClient]:
     app = create_app(ConsentryConfig(settings=settings))
-    async with AsyncTestClient(app=app, timeout=120) as c:
+    async with serve(app) as c:
         yield c
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def admin_key(client: AsyncTestClient) -> str:
+async def admin_key(client: AppClient) -> str:
     # Bootstrapping the first admin is a local act (``consentry principal add``), not an HTTP one.
     gate: Gate = client.app.state["consentry_gate"]
     return (await gate.principals.create("root-admin", "admin")).secret
+
+
+@pytest.fixture(scope="session")
+def shared_models(tiny_model: Path):  # type: ignore[no-untyped-def]
+    """One analyzer and one generator for tests that open many gates (one per database)."""
+    from gateway.wiring import build_analyzer, build_generator
+
+    settings = Settings(model_dir=tiny_model, device="cpu")
+    generator = build_generator(settings)
+    yield build_analyzer(settings), generator
+    generator.close()
+
+
+@pytest_asyncio.fixture
+async def db_client(
+    database_url: str, tmp_path: Path, tiny_model: Path, dev_keys: Path, shared_models
+) -> AsyncIterator[AppClient]:  # type: ignore[no-untyped-def]
+    """A gateway on a fresh SQLite or PostgreSQL database (parametrized), sharing loaded models."""
+    from gateway.wiring import open_gate
+
+    analyzer, generator = shared_models
+    settings = Settings(
+        data_dir=tmp_path, database_url=database_url, model_dir=tiny_model, keys_dir=dev_keys, device="cpu"
+    )
+
+    async def factory(s: Settings) -> Gate:
+        return await open_gate(s, analyzer=analyzer, generator=generator)
+
+    app = create_app(ConsentryConfig(settings=settings, gate_factory=factory))
+    async with serve(app) as c:
+        yield c

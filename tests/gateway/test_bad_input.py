@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from litestar.testing import AsyncTestClient
 
-from tests.gateway.conftest import b64
+from tests.gateway.conftest import AppClient, b64
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def keys(client: AsyncTestClient, admin_key: str) -> dict[str, str]:
+async def keys(client: AppClient, admin_key: str) -> dict[str, str]:
     out = {}
     for name, role in [("op", "operator"), ("P", "requester"), ("aud", "auditor")]:
         r = await client.post(
@@ -25,7 +24,7 @@ async def keys(client: AsyncTestClient, admin_key: str) -> dict[str, str]:
     return out
 
 
-async def audit_events(client: AsyncTestClient, keys: dict[str, str]) -> int:
+async def audit_events(client: AppClient, keys: dict[str, str]) -> int:
     r = await client.get("/v1/audit/verify", headers={"X-API-Key": keys["aud"]})
     return r.json()["events"]
 

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from litestar.testing import AsyncTestClient
 from PIL import Image
 
-from tests.gateway.conftest import b64
+from tests.gateway.conftest import AppClient, b64
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 A, B = "George_W_Bush", "Colin_Powell"
@@ -28,7 +27,7 @@ def photo(faces_dir: Path, person: str, n: int) -> Path:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(client: AsyncTestClient, admin_key: str, faces_dir: Path) -> dict[str, str]:
+async def world(client: AppClient, admin_key: str, faces_dir: Path) -> dict[str, str]:
     keys: dict[str, str] = {}
     for name, role in [("op", "operator"), ("P", "requester"), ("Q", "requester"), ("aud", "auditor")]:
         r = await client.post(
@@ -55,7 +54,7 @@ async def world(client: AsyncTestClient, admin_key: str, faces_dir: Path) -> dic
     return keys
 
 
-async def generate(client: AsyncTestClient, key: str, subject: str, ref: Path) -> tuple[int, dict]:
+async def generate(client: AppClient, key: str, subject: str, ref: Path) -> tuple[int, dict]:
     body = {"subject_id": subject, "purpose": "portrait", "prompt": "a portrait", "references": [b64(ref)]}
     r = await client.post("/v1/generate", json=body, headers={"X-API-Key": key})
     return r.status_code, r.json()

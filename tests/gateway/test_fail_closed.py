@@ -11,13 +11,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from litestar.testing import AsyncTestClient
 
 from gateway.plugin import ConsentryConfig, create_app
 from gateway.wiring import open_gate
 from generation.base import GenerationJob, GenerationOutput
 from policies.config import Settings
-from tests.gateway.conftest import b64
+from tests.gateway.conftest import b64, serve
 
 
 class RaisingGenerator:
@@ -62,7 +61,7 @@ async def test_faulty_generator_is_refused_and_audited(
         return await open_gate(s, generator=fake)
 
     app = create_app(ConsentryConfig(settings=settings, gate_factory=factory))
-    async with AsyncTestClient(app=app, timeout=60) as client:
+    async with serve(app) as client:
         gate = app.state["consentry_gate"]
         admin = (await gate.principals.create("admin", "admin")).secret
         h = {"X-API-Key": admin}
@@ -70,7 +69,9 @@ async def test_faulty_generator_is_refused_and_audited(
         photos = [
             b64(faces_dir / "lfw" / "Jacques_Chirac" / f"Jacques_Chirac_{n:04d}.jpg") for n in (1, 2, 3)
         ]
-        ident = (await client.post("/v1/identities", json={"label": "A", "photos": photos}, headers=h)).json()
+        r = await client.post("/v1/identities", json={"label": "A", "photos": photos}, headers=h)
+        assert r.status_code == 201, r.text
+        ident = r.json()
         grant = {
             "identity_id": ident["id"],
             "principal": "P",

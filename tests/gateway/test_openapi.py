@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from litestar.testing import AsyncTestClient
+
+from tests.gateway.conftest import AppClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-async def test_openapi_lists_every_route(client: AsyncTestClient) -> None:
+async def test_openapi_lists_every_route(client: AppClient) -> None:
     r = await client.get("/schema/openapi.json")
     assert r.status_code == 200
     paths = set(r.json()["paths"])
@@ -24,13 +25,13 @@ async def test_openapi_lists_every_route(client: AsyncTestClient) -> None:
     } <= paths
 
 
-async def test_health(client: AsyncTestClient) -> None:
+async def test_health(client: AppClient) -> None:
     r = await client.get("/health")
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok" and body["embedder"] == "dlib-resnet-v1" and body["untrained_model"] is True
 
 
-async def test_unknown_route_is_problem_json(client: AsyncTestClient) -> None:
+async def test_unknown_route_is_problem_json(client: AppClient) -> None:
     r = await client.get("/v1/nope")
     assert r.status_code == 404 and r.json()["code"] == "route.not_found"

@@ -1,0 +1,254 @@
+"""Enrollment from a local photo library: find the faces, group them by person, enroll one group.
+
+The operator points the gate at a folder tree (a camera roll, a photo export); every face large
+enough to enroll is detected and embedded, the faces are grouped by identity
+(:mod:`detectors.clustering`), a contact sheet per group shows who is who, and the group the
+operator picks is enrolled through :meth:`Gate.enroll` — the same quality and duplicate rules as
+any enrollment, so a library enrollment is never weaker than a hand-picked one.
+
+Files are read with the same decoding limits as uploads; a file that cannot be read or decoded
+is reported and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from detectors.analyzer import FaceAnalyzer
+from detectors.clustering import cluster_embeddings
+from detectors.images import DECODABLE_FORMATS, decode_image
+from gateway.cli import LOCAL_ACTOR
+from gateway.schemas import EnrollRequest
+from gateway.storage.principals import PrincipalView
+from gateway.storage.subjects import IdentityView
+from policies.config import Settings
+from policies.errors import BadInputError, ConsentryError
+
+# Every file extension Pillow maps to a format we decode (".jpg", ".jpeg", ".png", ".webp", ...).
+IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in DECODABLE_FORMATS)
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryFace:
+    """One face found in the library. ``large_faces`` counts the faces of its photo that are at
+    least ``min_enroll_face_px``: only photos with exactly one can serve as enrollment photos."""
+
+    path: Path
+    box: tuple[float, float, float, float]
+    probability: float
+    embedding: np.ndarray
+    large_faces: int
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedFile:
+    path: Path
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryScan:
+    """What a scan found: image files seen, faces kept, files skipped with the reason."""
+
+    root: Path
+    files: int
+    faces: tuple[LibraryFace, ...]
+    skipped: tuple[SkippedFile, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FaceGroup:
+    """One presumed person. ``number`` is 1-based, biggest group first; ``faces`` are ordered from
+    most to least typical (similarity to the group's mean face); ``sheet`` is its contact sheet."""
+
+    number: int
+    faces: tuple[LibraryFace, ...]
+    sheet: Path | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.faces)
+
+    @property
+    def photos(self) -> int:
+        return len({f.path for f in self.faces})
+
+
+def find_images(root: Path) -> list[Path]:
+    """Image files under ``root`` by extension, sorted; hidden folders and files are skipped
+    (thumbnail caches such as ``.thumbnails`` would count every face twice). Symlinked files are
+    followed, symlinked folders are not (no loops)."""
+    if not root.is_dir():
+        raise BadInputError(f"{root} is not a folder", code="library.not_a_folder")
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(
+            Path(folder) / name
+            for name in files
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+        )
+    return sorted(found)
+
+
+def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def scan_library(
+    root: Path,
+    analyzer: FaceAnalyzer,
+    settings: Settings,
+    *,
+    batch_size: int = 16,
+    progress: Callable[[int], Any] | None = None,
+) -> LibraryScan:
+    """Detect and embed the faces of every image under ``root`` (blocking: torch).
+
+    Only faces of at least ``settings.min_enroll_face_px`` are kept: smaller ones could not be
+    enrolled and embed less reliably. ``progress(n)`` is called after each batch with the number
+    of files it held.
+    """
+    paths = find_images(root)
+    min_px = settings.min_enroll_face_px
+    faces: list[LibraryFace] = []
+    skipped: list[SkippedFile] = []
+    for batch in _batches(paths, batch_size):
+        images: list[Image.Image] = []
+        decoded: list[Path] = []
+        for path in batch:
+            try:
+                data = path.read_bytes()
+                images.append(
+                    decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+                )
+                decoded.append(path)
+            except OSError as exc:
+                skipped.append(SkippedFile(path, "input.file_unreadable", exc.strerror or str(exc)))
+            except ConsentryError as exc:
+                skipped.append(SkippedFile(path, exc.code, exc.detail))
+        for path, found in zip(decoded, analyzer.analyze(images) if images else [], strict=True):
+            large = [i for i, face in enumerate(found.faces) if face.min_side >= min_px]
+            faces.extend(
+                LibraryFace(path, found.faces[i].box, found.faces[i].probability, found.embeddings[i], len(large))
+                for i in large
+            )
+        if progress is not None:
+            progress(len(batch))
+    return LibraryScan(root, len(paths), tuple(faces), tuple(skipped))
+
+
+def group_faces(scan: LibraryScan, threshold: float) -> list[FaceGroup]:
+    """Group the scanned faces by person (average linkage at ``threshold``), biggest first."""
+    if not scan.faces:
+        return []
+    matrix = np.stack([f.embedding for f in scan.faces]).astype(np.float64)
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    clustering = cluster_embeddings(matrix, threshold)
+    groups = []
+    for number in range(clustering.n_groups):
+        rows = clustering.members(number)
+        mean = matrix[rows].mean(axis=0)
+        typical = matrix[rows] @ (mean / max(float(np.linalg.norm(mean)), 1e-12))
+        # Stable sort: equally typical faces keep their scan order, so the result is deterministic.
+        order = rows[np.argsort(-typical, kind="stable")]
+        groups.append(FaceGroup(number + 1, tuple(scan.faces[i] for i in order)))
+    return groups
+
+
+def _crop(image: Image.Image, box: tuple[float, float, float, float], side: int) -> Image.Image:
+    """A square crop around the face with some margin (hair, chin), resized to ``side``."""
+    x1, y1, x2, y2 = box
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    half = max(x2 - x1, y2 - y1) * 0.65
+    region = (round(cx - half), round(cy - half), round(cx + half), round(cy + half))
+    # Image.crop pads outside the image with black, which keeps faces at the edge centred.
+    return image.crop(region).resize((side, side), Image.Resampling.LANCZOS)
+
+
+def write_contact_sheet(
+    group: FaceGroup, out_dir: Path, settings: Settings, *, thumb: int = 112, columns: int = 6, limit: int = 36
+) -> Path:
+    """Draw up to ``limit`` face crops of ``group`` in a grid under a header naming the group."""
+    shown = group.faces[:limit]
+    rows = max(1, -(-len(shown) // columns))
+    header = 36
+    sheet = Image.new("RGB", (columns * thumb, header + rows * thumb), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=22)
+    more = f" (first {len(shown)} shown)" if len(shown) < group.size else ""
+    draw.text((8, 6), f"#{group.number}  {group.size} faces, {group.photos} photos{more}", fill="white", font=font)
+    cache: dict[Path, Image.Image | None] = {}
+    for k, face in enumerate(shown):
+        if face.path not in cache:
+            try:
+                cache[face.path] = decode_image(
+                    face.path.read_bytes(), max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+                )
+            except (OSError, ConsentryError):
+                cache[face.path] = None  # changed since the scan: leave its cell empty
+        image = cache[face.path]
+        if image is not None:
+            sheet.paste(_crop(image, face.box, thumb), ((k % columns) * thumb, header + (k // columns) * thumb))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"group_{group.number:03d}.png"
+    sheet.save(path)
+    return path
+
+
+def write_contact_sheets(groups: Sequence[FaceGroup], out_dir: Path, settings: Settings) -> list[FaceGroup]:
+    """One contact sheet per group in ``out_dir``; returns the groups with ``sheet`` set."""
+    return [replace(g, sheet=write_contact_sheet(g, out_dir, settings)) for g in groups]
+
+
+def enrollment_photos(group: FaceGroup, max_photos: int = 8) -> list[Path]:
+    """The group's best enrollment photos: most typical first, only photos where this face is the
+    one large face (the enrollment rule), each photo once."""
+    chosen: list[Path] = []
+    for face in group.faces:
+        if face.large_faces == 1 and face.path not in chosen:
+            chosen.append(face.path)
+            if len(chosen) == max_photos:
+                break
+    return chosen
+
+
+async def enroll_group(
+    gate: Any,
+    group: FaceGroup,
+    label: str,
+    *,
+    actor: PrincipalView = LOCAL_ACTOR,
+    max_photos: int = 8,
+) -> IdentityView:
+    """Enroll ``group`` as a new identity through ``gate.enroll`` (a :class:`Gate`).
+
+    The photos are read again and go through the normal enrollment rules; their errors
+    (``enroll.too_few_photos``, ``enroll.inconsistent``, ``enroll.duplicate_identity``, ...)
+    surface unchanged, with photo numbers in the order of :func:`enrollment_photos`.
+    """
+    photos = enrollment_photos(group, max_photos)
+    if not photos:
+        counts = Counter(f.large_faces for f in group.faces)
+        raise BadInputError(
+            f"group {group.number} has no photo where its face is the only large face ({dict(counts)})",
+            code="enroll.too_few_photos",
+        )
+    encoded = []
+    for path in photos:
+        try:
+            encoded.append(base64.b64encode(path.read_bytes()).decode())
+        except OSError as exc:
+            raise BadInputError(f"cannot read {path}: {exc.strerror}", code="input.file_unreadable") from exc
+    return await gate.enroll(actor, EnrollRequest(label=label, photos=encoded))
