@@ -37,6 +37,7 @@ from policies.decision import Decision
 from policies.errors import BadInputError, ConfigurationError, NotFoundError, RefusedError, StageError
 from policies.roles import Action, require
 from provenance.audit import ChainedEvent, ChainReport
+from provenance.audit_signing import AuditSigner
 from provenance.keys import load_signing_material
 from provenance.manifest import read_manifest
 from provenance.watermark import Watermarker
@@ -87,7 +88,10 @@ class Gate:
     ) -> None:
         self.settings = settings
         self.db = db
-        self.audit = AuditLog(db)
+        assert settings.keys_dir is not None
+        self.audit = AuditLog(
+            db, AuditSigner.load_or_create(settings.keys_dir), settings.audit_checkpoint_every
+        )
         self.principals = Principals(db)
         self.records = Records(db)
         assert settings.keys_dir is not None

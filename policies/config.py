@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     """Default output side in pixels (the invisible watermark needs at least 256)."""
     require_output_face: bool = False
     """Refuse outputs that show no face at all (off: a faceless image carries no likeness)."""
+    audit_checkpoint_every: int = Field(default=100, ge=1)
+    """Keep a signed checkpoint of the audit chain every this many events."""
     audit_prompts: bool = False
     """Store prompts in the audit log in clear; off stores only their SHA-256."""
 

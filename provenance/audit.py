@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from provenance.audit_signing import signature_ok
+
 GENESIS = "0" * 64
 
 
@@ -82,3 +84,43 @@ def verify_chain(events: Iterable[ChainedEvent]) -> ChainReport:
             return ChainReport(False, count, prev, event.seq, "event content does not match its hash")
         prev = event.hash
     return ChainReport(True, count, prev)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedPoint:
+    """A signed (seq, hash) of the chain: a checkpoint or the head."""
+
+    seq: int
+    hash: str
+    signature: bytes
+
+
+def verify_signed_log(
+    events: list[ChainedEvent],
+    checkpoints: list[SignedPoint],
+    head: SignedPoint | None,
+    public_key: Any,
+) -> ChainReport:
+    """The chain, plus every checkpoint and the head: signed by ``public_key`` and matching the
+    events. A missing head with events present, or a head beyond the last event, is a cut tail."""
+    report = verify_chain(events)
+    if not report.ok:
+        return report
+    by_seq = {e.seq: e.hash for e in events}
+
+    def broken(seq: int | None, problem: str) -> ChainReport:
+        return ChainReport(False, report.events, report.head, seq, problem)
+
+    for point in checkpoints:
+        if not signature_ok(public_key, point.seq, point.hash, point.signature):
+            return broken(point.seq, "checkpoint signature invalid")
+        if by_seq.get(point.seq) != point.hash:
+            return broken(point.seq, "checkpoint does not match the log")
+    if head is None:
+        return broken(None, "signed head missing") if events else report
+    if not signature_ok(public_key, head.seq, head.hash, head.signature):
+        return broken(head.seq, "head signature invalid")
+    if head.seq != report.events or head.hash != report.head:
+        ends = f"log ends at seq {report.events} but the signed head is seq {head.seq}"
+        return broken(min(head.seq, report.events + 1), f"{ends}: tail cut or forged")
+    return report

@@ -13,14 +13,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.storage.db import Database
-from gateway.storage.tables import AuditEvent
+from gateway.storage.tables import AuditCheckpoint, AuditEvent, AuditHead
 from policies.errors import StageError
-from provenance.audit import GENESIS, ChainedEvent, ChainReport, seal, verify_chain
+from provenance.audit import GENESIS, ChainedEvent, ChainReport, SignedPoint, seal, verify_signed_log
+from provenance.audit_signing import AuditSigner
 
 ADVISORY_KEY = 0x636F6E73  # "cons"
 RETRIES = 5
@@ -31,8 +33,12 @@ UnitOfWork = Callable[[AsyncSession, ChainedEvent], Awaitable[None]]
 
 
 class AuditLog:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, signer: AuditSigner, checkpoint_every: int = 100) -> None:
+        if checkpoint_every < 1:
+            raise ValueError("checkpoint_every must be at least 1")
         self.db = db
+        self.signer = signer
+        self.checkpoint_every = checkpoint_every
         self._lock = asyncio.Lock()
 
     async def _take_write_lock(self, session: AsyncSession) -> None:
@@ -62,6 +68,7 @@ class AuditLog:
                                 hash=event.hash,
                             )
                         )
+                        await self._sign(session, event)
                         if also is not None:
                             await also(session, event)
                     return event
@@ -70,6 +77,16 @@ class AuditLog:
                     if attempt == RETRIES - 1:
                         raise StageError("cannot append to the audit log", code="audit.unavailable") from exc
         raise AssertionError("unreachable")
+
+    async def _sign(self, session: AsyncSession, event: ChainedEvent) -> None:
+        signature = self.signer.sign(event.seq, event.hash)
+        head = await session.get(AuditHead, 1)
+        if head is None:
+            session.add(AuditHead(id=1, seq=event.seq, hash=event.hash, signature=signature))
+        else:
+            head.seq, head.hash, head.signature = event.seq, event.hash, signature
+        if event.seq % self.checkpoint_every == 0:
+            session.add(AuditCheckpoint(seq=event.seq, hash=event.hash, signature=signature))
 
     async def events(self, batch: int = 1000) -> AsyncIterator[ChainedEvent]:
         after = 0
@@ -86,5 +103,16 @@ class AuditLog:
                 yield ChainedEvent(row.seq, row.ts, row.kind, row.body, row.prev_hash, row.hash)
             after = rows[-1].seq
 
-    async def verify(self) -> ChainReport:
-        return verify_chain([event async for event in self.events()])
+    async def verify(self, public_key: Ed25519PublicKey | None = None) -> ChainReport:
+        """Re-compute the chain and check checkpoints and head against ``public_key`` (default:
+        this gateway's own audit key)."""
+        events = [event async for event in self.events()]
+        async with self.db.session() as session:
+            points = (await session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq))).all()
+            head = await session.get(AuditHead, 1)
+        return verify_signed_log(
+            events,
+            [SignedPoint(p.seq, p.hash, p.signature) for p in points],
+            SignedPoint(head.seq, head.hash, head.signature) if head else None,
+            public_key or self.signer.public_key,
+        )

@@ -8,21 +8,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
 from gateway.storage.audit_log import AuditLog
-from gateway.storage.db import Database
+from gateway.storage.db import MIGRATIONS, Database
 from gateway.storage.principals import Principals
 from gateway.storage.subjects import Subjects
 from gateway.storage.vault import TemplateVault
 from policies.errors import AuthError, ConflictError, NotFoundError
+from provenance.audit_signing import AuditSigner
 
 
 @pytest.fixture
 async def stores(database_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     db = Database(database_url)
     await db.migrate()
-    audit = AuditLog(db)
+    audit = AuditLog(db, AuditSigner(Ed25519PrivateKey.generate()), checkpoint_every=10)
     vault = TemplateVault(b"k" * 32)
     yield db, Principals(db), Subjects(db, vault, audit), audit
     await db.dispose()
@@ -35,7 +39,9 @@ async def test_migrate_twice_is_idempotent(database_url: str) -> None:
     async with db.session() as session:
         version = (await session.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
     await db.dispose()
-    assert version == "0001"
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert version == ScriptDirectory.from_config(config).get_current_head()
 
 
 async def test_keys_hashed_and_revocable(stores) -> None:  # type: ignore[no-untyped-def]
