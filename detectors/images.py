@@ -53,8 +53,9 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
       than ``max_pixels`` pixels according to the header (checked before decoding);
       ``image.invalid``: anything that is not a complete image in DECODABLE_FORMATS.
     - EXIF orientation is applied, so the result is upright.
-    - Multi-frame files (animated GIF/WebP/PNG, multi-page TIFF, MPO): only the first frame is
-      decoded and returned. ICO: the largest icon.
+    - Multi-frame files (animated GIF/WebP/PNG, multi-page TIFF) are refused with
+      ``image.multi_frame``: a face check of one frame says nothing about the others. Camera MPO
+      files (a JPEG plus previews) give their primary image; ICO its largest icon.
     - Palette, grayscale, 16-bit and CMYK images are converted to 8-bit RGB; transparency is
       composited over white (a transparent background is not a dark one).
 
@@ -75,6 +76,12 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
         raise ImageTooLargeError(f"the upload has {len(data)} bytes; the limit is {max_bytes}")
     with _open(data, formats=DECODABLE_FORMATS) as im:
         _check_pixels(im.size, max_pixels)
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1 and im.format != "MPO":
+            raise InvalidImageError(
+                f"the {im.format} image has {frames} frames; upload a single still image",
+                code="image.multi_frame",
+            )
         try:
             im.load()  # frame 0 only; raises on truncated or corrupt data
             # Some containers (ICO holding a PNG) only learn the true size on load.

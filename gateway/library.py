@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import base64
 import os
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from detectors.analyzer import FaceAnalyzer
 from detectors.clustering import cluster_embeddings
+from detectors.enrollment import face_size
 from detectors.images import DECODABLE_FORMATS, decode_image
 from gateway.cli import LOCAL_ACTOR
 from gateway.schemas import EnrollRequest
@@ -33,14 +33,20 @@ from gateway.storage.subjects import IdentityView
 from policies.config import Settings
 from policies.errors import BadInputError, ConsentryError
 
+if TYPE_CHECKING:
+    from gateway.service import Gate
+
 # Every file extension Pillow maps to a format we decode (".jpg", ".jpeg", ".png", ".webp", ...).
-IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in DECODABLE_FORMATS)
+IMAGE_SUFFIXES = frozenset(
+    ext for ext, fmt in Image.registered_extensions().items() if fmt in DECODABLE_FORMATS
+)
 
 
 @dataclass(frozen=True, slots=True)
 class LibraryFace:
     """One face found in the library. ``large_faces`` counts the faces of its photo that are at
-    least ``min_enroll_face_px``: only photos with exactly one can serve as enrollment photos."""
+    least ``min_enroll_face_px`` (measured as the enrollment rule measures them,
+    :func:`detectors.enrollment.face_size`): only photos with exactly one can be enrollment photos."""
 
     path: Path
     box: tuple[float, float, float, float]
@@ -111,16 +117,18 @@ def scan_library(
     analyzer: FaceAnalyzer,
     settings: Settings,
     *,
+    files: Sequence[Path] | None = None,
     batch_size: int = 16,
     progress: Callable[[int], Any] | None = None,
 ) -> LibraryScan:
     """Detect and embed the faces of every image under ``root`` (blocking: torch).
 
-    Only faces of at least ``settings.min_enroll_face_px`` are kept: smaller ones could not be
-    enrolled and embed less reliably. ``progress(n)`` is called after each batch with the number
-    of files it held.
+    ``files`` is ``find_images(root)`` when the caller has it already (to size a progress bar).
+    Only faces of at least ``settings.min_enroll_face_px`` (``face_size``) are kept: smaller ones
+    could not be enrolled and embed less reliably. ``progress(n)`` is called after each batch
+    with the number of files it held.
     """
-    paths = find_images(root)
+    paths = list(files) if files is not None else find_images(root)
     min_px = settings.min_enroll_face_px
     faces: list[LibraryFace] = []
     skipped: list[SkippedFile] = []
@@ -131,7 +139,9 @@ def scan_library(
             try:
                 data = path.read_bytes()
                 images.append(
-                    decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+                    decode_image(
+                        data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+                    )
                 )
                 decoded.append(path)
             except OSError as exc:
@@ -139,9 +149,12 @@ def scan_library(
             except ConsentryError as exc:
                 skipped.append(SkippedFile(path, exc.code, exc.detail))
         for path, found in zip(decoded, analyzer.analyze(images) if images else [], strict=True):
-            large = [i for i, face in enumerate(found.faces) if face.min_side >= min_px]
+            # The size measure of the enrollment rule, so that "large" means the same thing here.
+            large = [i for i, face in enumerate(found.faces) if face_size(face.box) >= min_px]
             faces.extend(
-                LibraryFace(path, found.faces[i].box, found.faces[i].probability, found.embeddings[i], len(large))
+                LibraryFace(
+                    path, found.faces[i].box, found.faces[i].probability, found.embeddings[i], len(large)
+                )
                 for i in large
             )
         if progress is not None:
@@ -178,7 +191,13 @@ def _crop(image: Image.Image, box: tuple[float, float, float, float], side: int)
 
 
 def write_contact_sheet(
-    group: FaceGroup, out_dir: Path, settings: Settings, *, thumb: int = 112, columns: int = 6, limit: int = 36
+    group: FaceGroup,
+    out_dir: Path,
+    settings: Settings,
+    *,
+    thumb: int = 112,
+    columns: int = 6,
+    limit: int = 36,
 ) -> Path:
     """Draw up to ``limit`` face crops of ``group`` in a grid under a header naming the group."""
     shown = group.faces[:limit]
@@ -188,19 +207,26 @@ def write_contact_sheet(
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=22)
     more = f" (first {len(shown)} shown)" if len(shown) < group.size else ""
-    draw.text((8, 6), f"#{group.number}  {group.size} faces, {group.photos} photos{more}", fill="white", font=font)
+    faces = "face" if group.size == 1 else "faces"
+    photos = "photo" if group.photos == 1 else "photos"
+    title = f"#{group.number}  {group.size} {faces}, {group.photos} {photos}{more}"
+    draw.text((8, 6), title, fill="white", font=font)
     cache: dict[Path, Image.Image | None] = {}
     for k, face in enumerate(shown):
         if face.path not in cache:
             try:
                 cache[face.path] = decode_image(
-                    face.path.read_bytes(), max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+                    face.path.read_bytes(),
+                    max_bytes=settings.max_image_bytes,
+                    max_pixels=settings.max_image_pixels,
                 )
             except (OSError, ConsentryError):
                 cache[face.path] = None  # changed since the scan: leave its cell empty
         image = cache[face.path]
         if image is not None:
-            sheet.paste(_crop(image, face.box, thumb), ((k % columns) * thumb, header + (k // columns) * thumb))
+            sheet.paste(
+                _crop(image, face.box, thumb), ((k % columns) * thumb, header + (k // columns) * thumb)
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"group_{group.number:03d}.png"
     sheet.save(path)
@@ -212,9 +238,9 @@ def write_contact_sheets(groups: Sequence[FaceGroup], out_dir: Path, settings: S
     return [replace(g, sheet=write_contact_sheet(g, out_dir, settings)) for g in groups]
 
 
-def enrollment_photos(group: FaceGroup, max_photos: int = 8) -> list[Path]:
-    """The group's best enrollment photos: most typical first, only photos where this face is the
-    one large face (the enrollment rule), each photo once."""
+def enrollment_photos(group: FaceGroup, max_photos: int | None = 8) -> list[Path]:
+    """The group's best enrollment photos (all of them when ``max_photos`` is None): most typical
+    first, only photos where this face is the one large face (the enrollment rule), each once."""
     chosen: list[Path] = []
     for face in group.faces:
         if face.large_faces == 1 and face.path not in chosen:
@@ -225,7 +251,7 @@ def enrollment_photos(group: FaceGroup, max_photos: int = 8) -> list[Path]:
 
 
 async def enroll_group(
-    gate: Any,
+    gate: Gate,
     group: FaceGroup,
     label: str,
     *,
@@ -240,9 +266,10 @@ async def enroll_group(
     """
     photos = enrollment_photos(group, max_photos)
     if not photos:
-        counts = Counter(f.large_faces for f in group.faces)
+        crowded = max(f.large_faces for f in group.faces)
         raise BadInputError(
-            f"group {group.number} has no photo where its face is the only large face ({dict(counts)})",
+            f"group {group.number} has no photo where its face is the only large one "
+            f"(its photos show up to {crowded} faces of at least {gate.settings.min_enroll_face_px} px)",
             code="enroll.too_few_photos",
         )
     encoded = []

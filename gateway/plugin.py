@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -65,12 +65,15 @@ class ConsentryPlugin(InitPluginProtocol):
         def provide_gate(state: State) -> Gate:
             return state[cfg.state_key]
 
-        app_config.route_handlers.extend(CONTROLLERS)
+        # A router carries the body limit: Litestar ignores request_max_body_size set by plugins
+        # on the app config (2.x reads its constructor argument instead).
+        app_config.route_handlers.append(
+            Router(path="/", route_handlers=CONTROLLERS, request_max_body_size=cfg.max_body_bytes)
+        )
         app_config.dependencies["gate"] = Provide(provide_gate, sync_to_thread=False)
         app_config.dependencies["principal"] = Provide(provide_principal)
         app_config.exception_handlers.update(HANDLERS)
         app_config.lifespan.append(lifespan)
-        app_config.request_max_body_size = cfg.max_body_bytes
         return app_config
 
 

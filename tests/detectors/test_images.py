@@ -210,10 +210,14 @@ def test_cmyk_jpeg_becomes_rgb() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "TIFF", "WEBP", "PNG"])
-def test_multi_frame_files_give_the_first_frame(fmt: str) -> None:
+def test_multi_frame_files_are_refused(fmt: str) -> None:
     frames = [Image.new("RGB", (16, 16), c) for c in ("red", "blue", "green")]
     data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], lossless=True)
     with Image.open(io.BytesIO(data)) as check:
         assert getattr(check, "n_frames", 1) == 3  # the file really has three frames
-    r, g, b = np.asarray(decode(data))[8, 8].astype(int)
+    with pytest.raises(InvalidImageError) as exc:
+        decode(data)
+    assert exc.value.code == "image.multi_frame"
+    single = encode(frames[0], fmt, lossless=True)
+    r, g, b = np.asarray(decode(single))[8, 8].astype(int)
     assert r > 200 and g < 60 and b < 60

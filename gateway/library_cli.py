@@ -1,0 +1,129 @@
+"""``consentry enroll --library DIR``: enroll a person found in a local photo library.
+
+Human-facing text (progress, skipped files, the list of groups, prompts) goes to stderr; the
+one JSON line of the enrolled identity goes to stdout, as with ``consentry enroll``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gateway.cli import _settings, _with_gate
+from gateway.library import (
+    FaceGroup,
+    enroll_group,
+    enrollment_photos,
+    find_images,
+    group_faces,
+    scan_library,
+    write_contact_sheets,
+)
+from policies.errors import BadInputError
+
+# Beyond this many, the listing stops (a big library has many one-face groups); every group
+# still has its sheet and can be picked by number.
+LISTED_GROUPS = 40
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _ask(prompt: str) -> str | None:
+    """One line from stdin after a prompt on stderr; None at end of input."""
+    print(prompt, end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    return line.strip() if line else None
+
+
+def _progress(total: int) -> Any:
+    """A progress bar on stderr, silent when stderr is not a terminal (logs, pipes, tests)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="photo", desc="scanning", file=sys.stderr, disable=not sys.stderr.isatty())
+
+
+def _list_groups(groups: list[FaceGroup]) -> None:
+    for g in groups[:LISTED_GROUPS]:
+        usable = len(enrollment_photos(g, max_photos=None))
+        _say(f"  {g.number:>4}: {g.size:>4} faces in {g.photos:>4} photos, {usable:>4} usable   {g.sheet}")
+    if len(groups) > LISTED_GROUPS:
+        _say(f"  … and {len(groups) - LISTED_GROUPS} smaller groups (sheets beside the ones above)")
+
+
+def _choose(groups: list[FaceGroup]) -> FaceGroup | None:
+    while True:
+        answer = _ask(f"enroll which group? [1-{len(groups)}, q to quit] ")
+        if answer is None or answer.lower() in ("q", "quit"):
+            return None
+        if answer.isdigit() and 1 <= int(answer) <= len(groups):
+            return groups[int(answer) - 1]
+        _say(f"  {answer!r} is not a group number")
+
+
+def cmd_enroll_library(args: argparse.Namespace) -> int:
+    """Scan ``args.library``, write contact sheets, and enroll the group ``args.pick`` (or the
+    one the operator types). Exit 2 without touching anything when no group can be picked."""
+    if args.pick is None and not sys.stdin.isatty():
+        _say(
+            "error [library.pick_required]: stdin is not a terminal, so no group can be chosen "
+            "interactively; pass --pick N (run once interactively or look at the sheets to find N)"
+        )
+        return 2
+    if args.pick is not None and args.pick < 1:
+        raise BadInputError(f"--pick must be 1 or more, got {args.pick}", code="library.no_such_group")
+    settings = _settings()
+    root = Path(args.library).expanduser()
+    files = find_images(root)
+    if not files:
+        raise BadInputError(f"no image files under {root}", code="library.empty")
+    # Made now, so that an unusable sheets folder is reported before the long scan, not after.
+    try:
+        if args.sheets:
+            sheets_dir = Path(args.sheets).expanduser()
+            sheets_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            sheets_dir = Path(tempfile.mkdtemp(prefix="consentry-sheets-"))
+    except OSError as exc:
+        raise BadInputError(
+            f"cannot use {args.sheets} for contact sheets: {exc}", code="input.sheets_dir"
+        ) from exc
+
+    async def run(gate: Any) -> int:
+        with _progress(len(files)) as bar:
+            scan = scan_library(root, gate.analyzer, gate.settings, files=files, progress=bar.update)
+        for skipped in scan.skipped:
+            _say(f"skipped {skipped.path}: [{skipped.code}] {skipped.reason}")
+        groups = group_faces(scan, gate.settings.match_threshold)
+        if not groups:
+            raise BadInputError(
+                f"no face of at least {settings.min_enroll_face_px} px in {scan.files} images under {root}",
+                code="library.no_faces",
+            )
+        groups = write_contact_sheets(groups, sheets_dir, gate.settings)
+        _say(f"{len(scan.faces)} faces in {scan.files} images, {len(groups)} groups; sheets in {sheets_dir}")
+        _list_groups(groups)
+        if args.pick is not None:
+            if args.pick > len(groups):
+                raise BadInputError(
+                    f"--pick {args.pick}: there are only {len(groups)} groups", code="library.no_such_group"
+                )
+            group: FaceGroup | None = groups[args.pick - 1]
+        else:
+            group = _choose(groups)
+        if group is None:
+            _say("no group picked; nothing enrolled")
+            return 2
+        label = args.label or f"{root.resolve().name} group {group.number}"
+        identity = await enroll_group(gate, group, label)
+        used = len(enrollment_photos(group))
+        print(json.dumps({"id": identity.id, "label": identity.label, "group": group.number, "photos": used}))
+        return 0
+
+    return asyncio.run(_with_gate(run))
