@@ -29,7 +29,8 @@ def problem(status: int, code: str, detail: str, **extra: Any) -> Response[dict[
     body = {"type": f"urn:consentry:problem:{code}", "title": code, "status": status, "detail": detail}
     body["code"] = code
     body.update({k: v for k, v in extra.items() if v is not None})
-    return Response(content=body, status_code=status, media_type=PROBLEM)
+    headers = {"Retry-After": str(extra["retry_after"])} if "retry_after" in extra else None
+    return Response(content=body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def consentry_error(_: Request[Any, Any, Any], exc: ConsentryError) -> Response[dict[str, Any]]:

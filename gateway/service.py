@@ -22,6 +22,7 @@ from detectors.enrollment import enrollment_templates
 from detectors.images import decode_image, sniff_mime
 from gateway.index_cache import IndexCache
 from gateway.pipeline import GateContext, Pipeline
+from gateway.ratelimit import TokenBuckets
 from gateway.schemas import EnrollRequest, GenerateRequest, GrantRequest, decode_b64
 from gateway.storage.audit_log import AuditLog
 from gateway.storage.db import Database
@@ -98,6 +99,7 @@ class Gate:
         self.subjects = Subjects(db, TemplateVault(load_master_key(settings.keys_dir)), self.audit)
         self.models = models
         self.watermarker = Watermarker()
+        self.rate_limits = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst)
         self._pipeline_factory = pipeline_factory
 
     @property
@@ -183,6 +185,7 @@ class Gate:
 
     async def generate(self, principal: PrincipalView, req: GenerateRequest) -> Release:
         require(principal.role, Action.generate)
+        self.rate_limits.take(principal.id)
         s = self.settings
         # Input problems are answered before anything is stored or audited.
         subject = await self.subjects.get(req.subject_id)

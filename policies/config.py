@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     """Default output side in pixels (the invisible watermark needs at least 256)."""
     require_output_face: bool = False
     """Refuse outputs that show no face at all (off: a faceless image carries no likeness)."""
+    rate_limit_per_minute: float = Field(default=60.0, gt=0)
+    """Generation requests each principal may make per minute (per gateway process)."""
+    rate_limit_burst: int = Field(default=20, ge=1)
+    """Requests a principal may make at once before the per-minute rate applies."""
     audit_checkpoint_every: int = Field(default=100, ge=1)
     """Keep a signed checkpoint of the audit chain every this many events."""
     audit_prompts: bool = False

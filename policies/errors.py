@@ -107,3 +107,10 @@ class StageTimeoutError(StageError):
 
     code = "stage.timeout"
     status = 503
+
+
+class RateLimitedError(ConsentryError):
+    """The principal sent more requests than its budget (429, with Retry-After)."""
+
+    code = "rate.limited"
+    status = 429
