@@ -29,7 +29,7 @@ def enrollment_templates(
 
     Each photo must show exactly one face of at least ``min_face_px`` (smaller background faces
     are ignored); every face must match the others (its similarity to the mean of the others is
-    at least ``threshold``); and no face may already belong to an enrolled identity.
+    at least ``threshold``); and the set may not already be an enrolled identity.
     """
     if len(photos) < min_photos:
         raise BadInputError(
@@ -56,13 +56,19 @@ def enrollment_templates(
                 code="enroll.inconsistent",
                 photo=number + 1,
             )
+    # A duplicate is a whole set that matches an enrolled identity: the mean over the new photos
+    # of their best similarity to that identity. One look-alike photo is not a duplicate (people
+    # who resemble each other reach single-pair similarities near the threshold).
     scores = existing.scores(templates)
-    for number in range(len(templates)):
-        other, score = scores.best(number)
-        if other is not None and score >= threshold:
+    if len(scores.identities):
+        mean = scores.scores.mean(axis=0)
+        column = int(np.argmax(mean))
+        if mean[column] >= threshold:
+            photo = int(np.argmax(scores.scores[:, column])) + 1
             raise ConflictError(
-                f"photo {number + 1} shows a face already enrolled as another identity",
+                f"these photos show a face already enrolled as another identity (photo {photo} most "
+                f"clearly; mean similarity {mean[column]:.3f})",
                 code="enroll.duplicate_identity",
-                photo=number + 1,
+                photo=photo,
             )
     return templates

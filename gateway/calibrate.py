@@ -32,6 +32,7 @@ from detectors.calibration import (
     OperatingPoint,
     PairScores,
     Roc,
+    best_accuracy,
     choose_threshold,
     pair_scores,
     roc_curve,
@@ -73,6 +74,7 @@ class CalibrationResult:
     roc: Roc
     at_far: tuple[FarPoint, ...]
     chosen: ChosenThreshold
+    best_balanced: OperatingPoint  # LFW-comparable: best (TAR + 1 - FAR) / 2
     errors: tuple[PairError, ...]  # at the chosen threshold, worst first
 
     @property
@@ -101,6 +103,8 @@ class CalibrationResult:
             "balanced_accuracy": self.best.balanced_accuracy,
             "threshold": self.chosen.point.threshold,
             "best": point(self.best),
+            "best_balanced": point(self.best_balanced)
+            | {"balanced_accuracy": self.best_balanced.balanced_accuracy},
             "chosen": point(self.chosen.point) | {"rule": self.chosen.rule, "reason": self.chosen.reason},
             "tar_at_far": {far_key[f.target]: f.point.tar for f in self.at_far},
             "threshold_at_far": {far_key[f.target]: f.point.threshold for f in self.at_far},
@@ -171,7 +175,8 @@ def calibrate(
                 unreadable.append(photo.path)
                 continue
             batch.append(photo)
-        for photo, image, analyzed in zip(batch, images, analyzer.analyze(images), strict=True):
+        analyzed_batch = analyzer.analyze(images) if images else []
+        for photo, image, analyzed in zip(batch, images, analyzed_batch, strict=True):
             if not analyzed.faces:
                 undetected.append(photo.path)
                 continue
@@ -190,6 +195,7 @@ def calibrate(
         roc=roc_curve(scores.genuine, scores.impostor),
         at_far=tar_at_fars(scores.genuine, scores.impostor, STANDARD_FARS),
         chosen=chosen,
+        best_balanced=best_accuracy(scores.genuine, scores.impostor, balanced=True),
         errors=_errors(scores, samples, chosen.point.threshold),
     )
 

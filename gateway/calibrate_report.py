@@ -92,13 +92,14 @@ def roc_svg(result: CalibrationResult) -> str:
     roc = result.roc
     n_imp = result.scores.impostor.size
     x_lo = float(min(-4, math.floor(math.log10(1.0 / n_imp))))
-    # For each FAR keep the best TAR (the staircase's upper corners).
     far_floor = 10**x_lo
     xs = np.log10(np.maximum(roc.far, far_floor))
-    keep = np.append(xs[1:] != xs[:-1], True)
-    xs, ys = xs[keep], roc.tar[keep]
-    y_lo = math.floor(10 * float(ys.min())) / 10 if ys.size else 0.0
-    y_lo = min(y_lo, 0.9)
+    # The staircase's corners: the first and last point of every run of equal FAR.
+    edge = xs[1:] != xs[:-1]
+    keep = np.concatenate([[True], edge]) | np.concatenate([edge, [True]])
+    # Zoom the TAR axis to what is above the left edge (the TAR at FAR 0), clipping below it.
+    y_lo = min(0.9, math.floor(10 * float(roc.tar[roc.far == 0].max())) / 10)
+    xs, ys = xs[keep], np.maximum(roc.tar[keep], y_lo)
     f = _Frame((x_lo, 0.0), (y_lo, 1.0))
     body = [
         f.axes(
@@ -113,12 +114,25 @@ def roc_svg(result: CalibrationResult) -> str:
         body.append(
             f.vline(math.log10(fp.target), CURRENT, f"FAR {fp.target:g}: TAR {fp.point.tar:.4f}", "2 4")
         )
-    for p, color, name in ((result.best, BEST, "best accuracy"), (result.chosen.point, CHOSEN, "chosen")):
-        cx, cy = f.px(math.log10(max(p.far, far_floor))), f.py(p.tar)
-        body.append(
-            f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="none" stroke="{color}" stroke-width="2">'
-            f"<title>{name}: threshold {p.threshold:.4f}, TAR {p.tar:.4f}, FAR {p.far:.2e}</title></circle>"
+    best, chosen = result.best, result.chosen.point
+    for p, color, name, shape in (
+        (best, BEST, "best accuracy", "circle"),
+        (chosen, CHOSEN, "chosen", "rect"),
+    ):
+        cx, cy = f.px(math.log10(max(p.far, far_floor))), f.py(max(p.tar, y_lo))
+        where = (
+            f'cx="{cx:.1f}" cy="{cy:.1f}" r="6"'
+            if shape == "circle"
+            else (f'x="{cx - 4:.1f}" y="{cy - 4:.1f}" width="8" height="8"')
         )
+        body.append(
+            f'<{shape} {where} fill="none" stroke="{color}" stroke-width="2">'
+            f"<title>{name}: threshold {p.threshold:.4f}, TAR {p.tar:.4f}, FAR {p.far:.2e}</title></{shape}>"
+        )
+    body.append(
+        f'<text x="{LEFT + 10}" y="{TOP + 16}"><tspan fill="{BEST}">○ best accuracy</tspan> '
+        f'<tspan fill="{CHOSEN}">□ chosen</tspan> <tspan fill="{CURRENT}">┆ FAR targets</tspan></text>'
+    )
     return _svg("".join(body), "ROC curve")
 
 
@@ -200,6 +214,11 @@ def render_report(result: CalibrationResult, current_threshold: float | None = N
                 f"(TAR {best.tar:.4f}, FAR {best.far:.2e}, balanced {best.balanced_accuracy:.4%})",
             ),
             _row(
+                "best balanced accuracy",
+                f"{result.best_balanced.balanced_accuracy:.4%} at {result.best_balanced.threshold:.6f} "
+                "(what LFW's balanced pair protocol reports)",
+            ),
+            _row(
                 "chosen threshold",
                 f"{chosen.threshold:.4f} [{result.chosen.rule}: {result.chosen.reason}] "
                 f"accuracy {chosen.accuracy:.4%}, TAR {chosen.tar:.4f}, FAR {chosen.far:.2e}",
@@ -246,8 +265,9 @@ def summary_text(result: CalibrationResult, current_threshold: float | None = No
         f"{d['embedder']}: {d['photos']} photos of {d['people']} people with a face; "
         f"{len(d['undetected'])} undetected, {len(d['unreadable'])} unreadable",
         f"pairs: {d['pairs']['genuine']} genuine, {d['pairs']['impostor']} impostor",
-        f"best accuracy {best.accuracy:.2%} at {best.threshold:.4f} "
-        f"(TAR {best.tar:.2%}, FAR {best.far:.2e}, balanced {best.balanced_accuracy:.2%})",
+        f"best accuracy {best.accuracy:.2%} at {best.threshold:.4f} (TAR {best.tar:.2%}, FAR {best.far:.2e})",
+        f"best balanced accuracy {result.best_balanced.balanced_accuracy:.2%} "
+        f"at {result.best_balanced.threshold:.4f} (LFW's balanced-pair measure)",
     ]
     for fp in result.at_far:
         note = "" if fp.resolved else " (too few impostor pairs to resolve)"

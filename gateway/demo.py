@@ -18,7 +18,7 @@ from skimage import data as skdata
 
 from gateway.schemas import EnrollRequest, GenerateRequest, GrantRequest
 from gateway.service import Gate, Release
-from gateway.storage.principals import PrincipalView
+from gateway.storage.principals import LOCAL_ACTOR, PrincipalView
 from policies.config import Settings
 from policies.errors import ConfigurationError, ConsentryError
 
@@ -121,7 +121,7 @@ async def run_demo(settings: Settings, out: Path | None) -> int:
 
 
 async def _stories(gate: Gate) -> list[Story]:
-    operator = PrincipalView("local-cli", "local-cli", "admin")
+    operator = LOCAL_ACTOR
     studio = (await gate.principals.create("demo-studio", "requester")).principal
     other = (await gate.principals.create("demo-other-app", "requester")).principal
     views = astronaut_variants()

@@ -26,9 +26,8 @@ from detectors.analyzer import FaceAnalyzer
 from detectors.clustering import cluster_embeddings
 from detectors.enrollment import face_size
 from detectors.images import DECODABLE_FORMATS, decode_image
-from gateway.cli import LOCAL_ACTOR
 from gateway.schemas import EnrollRequest
-from gateway.storage.principals import PrincipalView
+from gateway.storage.principals import LOCAL_ACTOR, PrincipalView
 from gateway.storage.subjects import IdentityView
 from policies.config import Settings
 from policies.errors import BadInputError, ConsentryError

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     """Face embedding backend."""
     facenet_weights: Path | None = None
     """State-dict file for the InceptionResnetV1 backend; required when ``embedder=facenet``."""
-    match_threshold: float = 0.925
+    match_threshold: float = 0.93
     """Cosine similarity at or above which two faces are the same person."""
     min_face_px: int = 20
     """Faces smaller than this (shorter box side, pixels) are ignored by detection."""

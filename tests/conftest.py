@@ -43,7 +43,9 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path):  # type:
     try:
         admin = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
-        pytest.fail(f"PostgreSQL not reachable at {PG_ADMIN_URL} ({exc}); start it or set CONSENTRY_TEST_PG_URL")
+        pytest.fail(
+            f"PostgreSQL not reachable at {PG_ADMIN_URL} ({exc}); start it or set CONSENTRY_TEST_PG_URL"
+        )
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)

@@ -34,6 +34,10 @@ class PrincipalView:
     role: str
 
 
+# Local commands act with the rights of whoever can read the data directory: the operator.
+LOCAL_ACTOR = PrincipalView(id="local-cli", name="local-cli", role="admin")
+
+
 @dataclass(frozen=True, slots=True)
 class IssuedKey:
     """A freshly issued key: ``secret`` is never stored and cannot be shown again."""

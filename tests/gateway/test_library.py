@@ -23,6 +23,7 @@ from PIL import Image
 
 from detectors.clustering import completeness, purity
 from detectors.enrollment import face_size
+from gateway.cli.library_cmd import cmd_enroll_library
 from gateway.library import (
     FaceGroup,
     LibraryFace,
@@ -33,7 +34,6 @@ from gateway.library import (
     scan_library,
     write_contact_sheets,
 )
-from gateway.library_cli import cmd_enroll_library
 from gateway.service import Gate
 from gateway.wiring import open_gate
 from policies.config import Settings

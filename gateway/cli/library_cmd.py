@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import _settings, _with_gate
+from gateway.cli.common import load_settings, with_gate
 from gateway.library import (
     FaceGroup,
     enroll_group,
@@ -78,7 +78,7 @@ def cmd_enroll_library(args: argparse.Namespace) -> int:
         return 2
     if args.pick is not None and args.pick < 1:
         raise BadInputError(f"--pick must be 1 or more, got {args.pick}", code="library.no_such_group")
-    settings = _settings()
+    settings = load_settings()
     root = Path(args.library).expanduser()
     files = find_images(root)
     if not files:
@@ -126,4 +126,4 @@ def cmd_enroll_library(args: argparse.Namespace) -> int:
         print(json.dumps({"id": identity.id, "label": identity.label, "group": group.number, "photos": used}))
         return 0
 
-    return asyncio.run(_with_gate(run))
+    return asyncio.run(with_gate(run))

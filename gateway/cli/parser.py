@@ -46,10 +46,22 @@ def build(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     add = command("add", "principal_add", "Create a principal and print its API key once", principal)
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=["admin", "operator", "requester", "auditor"])
+    revoke_key = command(
+        "revoke-key", "key_revoke", "Revoke an API key (fails from the next request)", principal
+    )
+    revoke_key.add_argument("key", help="key id (key_…)")
 
     enroll = command("enroll", "enroll", "Enroll a protected identity from photos of one person")
-    enroll.add_argument("--label", required=True, help="operator's label for the identity")
-    enroll.add_argument("photos", nargs="+", help="photo files, each with exactly one face")
+    enroll.add_argument("--label", help="operator's label for the identity (required with photo files)")
+    enroll.add_argument("photos", nargs="*", help="photo files, each with exactly one face")
+    enroll.add_argument(
+        "--library", metavar="DIR", help="find, group and enroll a person from a photo library"
+    )
+    enroll.add_argument("--pick", type=int, metavar="N", help="with --library: enroll group N (default: ask)")
+    enroll.add_argument("--sheets", metavar="OUT_DIR", help="with --library: folder for the contact sheets")
+
+    erase = command("erase", "erase", "Erase an identity: crypto-shred its templates, revoke its grants")
+    erase.add_argument("identity", help="identity id (idn_…)")
 
     grant = command("grant", "grant", "Record a subject's consent for a principal")
     grant.add_argument("identity", help="identity id (idn_…)")

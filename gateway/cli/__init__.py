@@ -1,0 +1,58 @@
+"""The ``consentry`` command.
+
+Exit codes: 0 success; 2 bad input or configuration (a clear message, nothing written);
+3 the gate refused the request (the refusal is audited); 4 the audit chain is broken;
+1 an unexpected internal error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from gateway.cli import consent_cmds, gate_cmds, setup_cmds
+from gateway.cli.parser import build
+from policies.errors import ConsentryError, RefusedError, StageError
+
+HANDLERS = {
+    "demo": setup_cmds.cmd_demo,
+    "serve": setup_cmds.cmd_serve,
+    "keys_init": setup_cmds.cmd_keys_init,
+    "models_tiny": setup_cmds.cmd_models_tiny,
+    "principal_add": consent_cmds.cmd_principal_add,
+    "enroll": consent_cmds.cmd_enroll,
+    "grant": consent_cmds.cmd_grant,
+    "revoke": consent_cmds.cmd_revoke,
+    "erase": consent_cmds.cmd_erase,
+    "key_revoke": consent_cmds.cmd_key_revoke,
+    "generate": gate_cmds.cmd_generate,
+    "verify": gate_cmds.cmd_verify,
+    "audit_verify": gate_cmds.cmd_audit_verify,
+    "calibrate": gate_cmds.cmd_calibrate,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("CONSENTRY_LOG_LEVEL", "WARNING"))
+    args = build(HANDLERS).parse_args(argv)
+    from gateway.wiring import quiet_libraries
+
+    quiet_libraries()
+    try:
+        return int(args.func(args))
+    except (RefusedError, StageError) as exc:
+        print(f"refused [{exc.code}]: {exc.detail}", file=sys.stderr)
+        return 3
+    except ConsentryError as exc:
+        print(f"error [{exc.code}]: {exc.detail}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"error [input.invalid]: {problems}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

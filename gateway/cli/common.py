@@ -1,0 +1,54 @@
+"""What every command shares: settings, the local actor, reading files, opening the gate."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.storage.principals import LOCAL_ACTOR
+from policies.config import Settings
+from policies.errors import BadInputError, ConsentryError
+
+__all__ = ["LOCAL_ACTOR", "b64_file", "load_settings", "parse_time", "read_file", "with_gate"]
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConsentryError(f"invalid configuration: {exc}", code="config.invalid") from exc
+
+
+def read_file(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path}: {exc.strerror}", code="input.file_unreadable") from exc
+
+
+def b64_file(path: str) -> str:
+    return base64.b64encode(read_file(path)).decode()
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise BadInputError(f"{text!r} is not an ISO 8601 time", code="input.time_invalid") from exc
+
+
+async def with_gate(fn: Callable[[Any], Awaitable[int]]) -> int:
+    from gateway.wiring import open_gate
+
+    gate = await open_gate(load_settings())
+    try:
+        return await fn(gate)
+    finally:
+        await gate.close()

@@ -1,0 +1,96 @@
+"""Consent commands: principals, enrollment, grants, revocation."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import sys
+from typing import Any
+
+from gateway.cli.common import LOCAL_ACTOR, b64_file, parse_time, read_file, with_gate
+from policies.errors import BadInputError
+
+
+def cmd_principal_add(args: argparse.Namespace) -> int:
+    async def run(gate: Any) -> int:
+        issued = await gate.principals.create(args.name, args.role)
+        print(json.dumps({"id": issued.principal.id, "role": args.role, "api_key": issued.secret}))
+        print("Store the API key now: it is not kept and cannot be shown again.", file=sys.stderr)
+        return 0
+
+    return asyncio.run(with_gate(run))
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from gateway.schemas import EnrollRequest
+
+    if args.library:
+        if args.photos:
+            raise BadInputError("give photo files or --library, not both", code="input.invalid")
+        from gateway.cli.library_cmd import cmd_enroll_library
+
+        return cmd_enroll_library(args)
+    if not args.photos or not args.label:
+        raise BadInputError("enroll needs --label and photo files (or --library DIR)", code="input.invalid")
+    req = EnrollRequest(label=args.label, photos=[b64_file(p) for p in args.photos])
+
+    async def run(gate: Any) -> int:
+        identity = await gate.enroll(LOCAL_ACTOR, req)
+        print(json.dumps({"id": identity.id, "label": identity.label, "photos": len(req.photos)}))
+        return 0
+
+    return asyncio.run(with_gate(run))
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    from gateway.schemas import GrantRequest
+
+    text = read_file(args.consent_text) if args.consent_text else b"consentry default consent text v1"
+    req = GrantRequest(
+        identity_id=args.identity,
+        principal=args.principal,
+        purposes=args.purpose,
+        deny_terms=args.deny or [],
+        expires_at=parse_time(args.expires),
+        max_uses=args.max_uses,
+        attested_by=args.attested_by,
+        consent_text_sha256=hashlib.sha256(text).hexdigest(),
+    )
+
+    async def run(gate: Any) -> int:
+        grant = await gate.grant(LOCAL_ACTOR, req)
+        print(
+            json.dumps({"id": grant.id, "identity_id": grant.identity_id, "purposes": list(grant.purposes)})
+        )
+        return 0
+
+    return asyncio.run(with_gate(run))
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    async def run(gate: Any) -> int:
+        await gate.revoke(LOCAL_ACTOR, args.grant)
+        print(json.dumps({"id": args.grant, "revoked": True}))
+        return 0
+
+    return asyncio.run(with_gate(run))
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    async def run(gate: Any) -> int:
+        counts = await gate.erase(LOCAL_ACTOR, args.identity)
+        print(json.dumps({"id": args.identity, "erased": True, **counts}))
+        return 0
+
+    return asyncio.run(with_gate(run))
+
+
+def cmd_key_revoke(args: argparse.Namespace) -> int:
+    async def run(gate: Any) -> int:
+        await gate.principals.revoke_key(args.key)
+        print(json.dumps({"id": args.key, "revoked": True}))
+        return 0
+
+    return asyncio.run(with_gate(run))

@@ -1,0 +1,49 @@
+"""Set-up commands: signing keys, the tiny model, the server, the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from gateway.cli.common import load_settings
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from provenance.keys import init_dev_keys
+
+    settings = load_settings()
+    assert settings.keys_dir is not None
+    keys = init_dev_keys(settings.keys_dir, force=args.force)
+    print(f"development CA and ES256 signing certificate written to {settings.keys_dir}")
+    print(f"  CA certificate: {keys.ca_cert}\n  signing chain:  {keys.cert_chain}")
+    print("These are for development only: use a certificate from a C2PA-trusted CA in production.")
+    return 0
+
+
+def cmd_models_tiny(args: argparse.Namespace) -> int:
+    from generation.tiny import build_tiny_pipeline
+
+    settings = load_settings()
+    out = Path(args.dir) if args.dir else settings.model_dir
+    assert out is not None
+    path = build_tiny_pipeline(out)
+    print(f"tiny UNTRAINED diffusers pipeline saved to {path}")
+    print("It produces noise-like images: it exists to run the gate offline, not to make pictures.")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    load_settings()  # fail early, with exit 2, on a bad configuration
+    uvicorn.run(
+        "gateway.plugin:create_app", factory=True, host=args.host, port=args.port, workers=args.workers
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return asyncio.run(run_demo(load_settings(), Path(args.out) if args.out else None))
