@@ -70,12 +70,15 @@ class Pipeline:
             return await asyncio.wait_for(stage.check(ctx), self.timeout_s)
         except TimeoutError:
             # A worker thread cannot be killed; its result is simply never used.
-            return Verdict.refuse(codes.STAGE_TIMEOUT, f"stage {name} took longer than {self.timeout_s:g} s")
+            return Verdict.failed(codes.STAGE_TIMEOUT, f"stage {name} took longer than {self.timeout_s:g} s")
         except ConsentryError as exc:
-            return Verdict.refuse(exc.code, exc.detail)
+            if exc.status < 500:
+                return Verdict.refuse(exc.code, exc.detail)
+            log.warning("stage %s failed: %s", name, exc)
+            return Verdict.failed(exc.code, f"stage {name} failed: {exc.detail}")
         except Exception as exc:
             log.exception("stage %s failed", name)
-            return Verdict.refuse(codes.STAGE_ERROR, f"stage {name} failed: {type(exc).__name__}")
+            return Verdict.failed(codes.STAGE_ERROR, f"stage {name} failed: {type(exc).__name__}")
 
     async def run(self, ctx: GateContext) -> Decision:
         verdicts: dict[str, Verdict] = {}

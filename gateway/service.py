@@ -236,7 +236,8 @@ class Gate:
         event = await self.audit.append("generation.refused", body)
         name, verdict = decision.refusal or ("gate", None)
         reason = verdict.reason if verdict else "refused"
-        error_cls = StageError if decision.code.startswith("stage.") else RefusedError
+        # A stage that could not decide (fault) is the server's problem (503), not a rule (403).
+        error_cls = StageError if verdict is not None and verdict.fault else RefusedError
         raise error_cls(
             f"{name}: {reason}", code=decision.code, stages=decision.as_dict(), audit_seq=event.seq
         )

@@ -35,6 +35,8 @@ class Verdict:
     reason: str = ""
     scores: dict[str, float] = field(default_factory=dict)
     elapsed_ms: float = 0.0
+    fault: bool = False
+    """True when the stage could not decide (it raised or timed out): the gate refused anyway."""
 
     @classmethod
     def allow(cls, reason: str = "", **scores: float) -> Verdict:
@@ -44,8 +46,12 @@ class Verdict:
     def refuse(cls, code: str, reason: str, **scores: float) -> Verdict:
         return cls(allowed=False, code=code, reason=reason, scores=dict(scores))
 
+    @classmethod
+    def failed(cls, code: str, reason: str) -> Verdict:
+        return cls(allowed=False, code=code, reason=reason, fault=True)
+
     def timed(self, elapsed_ms: float) -> Verdict:
-        return Verdict(self.allowed, self.code, self.reason, dict(self.scores), elapsed_ms)
+        return Verdict(self.allowed, self.code, self.reason, dict(self.scores), elapsed_ms, self.fault)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +60,7 @@ class Verdict:
             "reason": self.reason,
             "scores": {k: round(float(v), 6) for k, v in self.scores.items()},
             "elapsed_ms": round(self.elapsed_ms, 3),
+            "fault": self.fault,
         }
 
 

@@ -45,6 +45,95 @@ class HangingGenerator:
         self.release.set()
 
 
+class RaisingAnalyzer:
+    """A face analyzer whose detector breaks (e.g. a CUDA fault) on every call."""
+
+    def __init__(self, real) -> None:  # type: ignore[no-untyped-def]
+        self.embedder = real.embedder  # so enrollment-free index lookups still know the embedder
+
+    def analyze(self, images):  # type: ignore[no-untyped-def]
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED")
+
+
+async def _world(client, faces_dir: Path, gate, purpose: str = "avatar") -> tuple[str, dict]:  # type: ignore[no-untyped-def]
+    """A requester key and a generate body for an enrolled, granted subject."""
+    admin = (await gate.principals.create("admin", "admin")).secret
+    h = {"X-API-Key": admin}
+    p = (await client.post("/v1/principals", json={"name": "P", "role": "requester"}, headers=h)).json()
+    photos = [b64(faces_dir / "lfw" / "Jacques_Chirac" / f"Jacques_Chirac_{n:04d}.jpg") for n in (1, 2, 3)]
+    r = await client.post("/v1/identities", json={"label": "A", "photos": photos}, headers=h)
+    assert r.status_code == 201, r.text
+    ident = r.json()
+    grant = {
+        "identity_id": ident["id"],
+        "principal": "P",
+        "purposes": [purpose],
+        "attested_by": "t",
+        "consent_text_sha256": hashlib.sha256(b"t").hexdigest(),
+    }
+    assert (await client.post("/v1/grants", json=grant, headers=h)).status_code == 201
+    return p["api_key"], {"subject_id": ident["id"], "purpose": purpose, "prompt": "an avatar"}
+
+
+async def _assert_refused_and_audited(client, gate, key: str, body: dict, code: str, stage: str, out: Path):  # type: ignore[no-untyped-def]
+    r = await client.post("/v1/generate", json=body, headers={"X-API-Key": key})
+    assert r.status_code == 503, r.text
+    problem = r.json()
+    assert problem["code"] == code and problem["stages"][stage]["fault"] is True
+    assert "images" not in problem
+    events = [e async for e in gate.audit.events()]
+    assert events[-1].kind == "generation.refused" and events[-1].body["decision"] == code
+    assert (await gate.audit.verify()).ok
+    assert not out.exists() or not any(out.iterdir())
+
+
+async def test_detector_that_raises_refuses_after_generation(
+    tmp_path: Path, tiny_model: Path, dev_keys: Path, faces_dir: Path, shared_models
+) -> None:  # type: ignore[no-untyped-def]
+    analyzer, generator = shared_models
+    settings = Settings(data_dir=tmp_path, model_dir=tiny_model, keys_dir=dev_keys, device="cpu")
+    broken = RaisingAnalyzer(analyzer)
+
+    def app_with(face_analyzer):  # type: ignore[no-untyped-def]
+        async def factory(s: Settings):  # type: ignore[no-untyped-def]
+            return await open_gate(s, analyzer=face_analyzer, generator=generator)
+
+        return create_app(ConsentryConfig(settings=settings, gate_factory=factory))
+
+    # Enrollment needs a working detector: set up with one gateway, then restart the gateway on
+    # the same data with a detector that breaks.
+    async with serve(app_with(analyzer)) as client:
+        key, body = await _world(client, faces_dir, client.app.state["consentry_gate"])
+    async with serve(app_with(broken)) as client:
+        gate = client.app.state["consentry_gate"]
+        body["references"] = [b64(faces_dir / "lfw" / "Jacques_Chirac" / "Jacques_Chirac_0004.jpg")]
+        await _assert_refused_and_audited(
+            client, gate, key, body, "stage.error", "verify_refs", tmp_path / "outputs"
+        )
+
+
+async def test_missing_signing_key_refuses_and_nothing_unsigned_leaves(
+    tmp_path: Path, tiny_model: Path, faces_dir: Path, shared_models
+) -> None:  # type: ignore[no-untyped-def]
+    analyzer, generator = shared_models
+    settings = Settings(
+        data_dir=tmp_path, model_dir=tiny_model, keys_dir=tmp_path / "empty-keys", device="cpu"
+    )
+
+    async def factory(s: Settings):  # type: ignore[no-untyped-def]
+        return await open_gate(s, analyzer=analyzer, generator=generator)
+
+    app = create_app(ConsentryConfig(settings=settings, gate_factory=factory))
+    async with serve(app) as client:
+        gate = app.state["consentry_gate"]
+        key, body = await _world(client, faces_dir, gate)
+        await _assert_refused_and_audited(
+            client, gate, key, body, "keys.missing", "sign", tmp_path / "outputs"
+        )
+        stages = [e async for e in gate.audit.events()][-1].body["stages"]
+        assert stages["watermark"]["allowed"] is True  # marked, but unsigned: still refused
+
+
 @pytest.mark.parametrize(
     ("generator", "code", "status"),
     [(RaisingGenerator, "stage.error", 503), (HangingGenerator, "stage.timeout", 503)],
