@@ -32,6 +32,7 @@ HANDLERS = {
     "generate": gate_cmds.cmd_generate,
     "verify": gate_cmds.cmd_verify,
     "audit_verify": gate_cmds.cmd_audit_verify,
+    "audit_export": gate_cmds.cmd_audit_export,
     "calibrate": gate_cmds.cmd_calibrate,
 }
 

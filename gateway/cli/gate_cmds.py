@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import b64_file, load_settings, with_gate
+from gateway.cli.common import b64_file, load_settings, parse_time, with_gate
+from policies.errors import BadInputError
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -61,6 +63,34 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             state = "intact" if report.ok else f"BROKEN at seq {report.first_bad_seq}: {report.problem}"
             print(f"audit chain {state}; {report.events} events; head {report.head[:16]}…")
         return 0 if report.ok else 4
+
+    return asyncio.run(with_gate(run))
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from provenance.audit_export import AuditFilter, export_lines
+
+    flt = AuditFilter(
+        identity_id=args.identity,
+        principal_id=args.principal,
+        decision=args.decision,
+        since=parse_time(args.since),
+        until=parse_time(args.until),
+    )
+
+    try:
+        out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    except OSError as exc:
+        raise BadInputError(f"cannot write {args.out}: {exc.strerror}", code="input.file_unwritable") from exc
+
+    async def run(gate: Any) -> int:
+        try:
+            async for line in export_lines(gate.audit.events(), flt, args.format):
+                out.write(line)
+        finally:
+            if out is not sys.stdout:
+                out.close()
+        return 0
 
     return asyncio.run(with_gate(run))
 

@@ -91,6 +91,14 @@ def build(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="Audit log").add_subparsers(dest="audit_command", required=True)
     av = command("verify", "audit_verify", "Re-compute the audit hash chain", audit)
     av.add_argument("--json", action="store_true")
+    ex = command("export", "audit_export", "Export audit events as JSON Lines or CSV", audit)
+    ex.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    ex.add_argument("--identity", help="only events about this identity id")
+    ex.add_argument("--principal", help="only events by or for this principal id")
+    ex.add_argument("--decision", help="only generations with this decision code (e.g. released)")
+    ex.add_argument("--since", help="ISO 8601 time, inclusive")
+    ex.add_argument("--until", help="ISO 8601 time, exclusive")
+    ex.add_argument("--out", help="file to write (default: standard output)")
 
     cal = command(
         "calibrate", "calibrate", "Measure face matching on DIR/<person>/<photo>; suggest a threshold"

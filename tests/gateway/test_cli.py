@@ -85,6 +85,17 @@ def test_enroll_grant_generate_verify_audit(data_dir: Path, faces_dir: Path, cap
     chain = json.loads(capsys.readouterr().out)
     assert chain["ok"] and chain["events"] == 6  # enroll, grant, release, refusal, revoke, refusal
 
+    assert main(["audit", "export", "--identity", identity, "--decision", "consent.revoked"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["body"]["decision"] == "consent.revoked"
+    assert "prompt" not in json.loads(line)["body"]  # prompts are stored as hashes by default
+    out = data_dir.parent / "audit.csv"
+    assert main(["audit", "export", "--format", "csv", "--since", "2000-01-01", "--out", str(out)]) == 0
+    rows = out.read_text().splitlines()
+    assert rows[0].startswith("seq,ts,kind,decision") and len(rows) == 7
+    assert main(["audit", "export", "--until", "2000-01-01"]) == 0
+    assert capsys.readouterr().out == ""
+
 
 @pytest.mark.parametrize(
     ("argv", "code"),
@@ -97,6 +108,8 @@ def test_enroll_grant_generate_verify_audit(data_dir: Path, faces_dir: Path, cap
         ),
         (["revoke", "gnt_nope"], "grant.not_found"),
         (["erase", "idn_nope"], "identity.not_found"),
+        (["audit", "export", "--since", "yesterday"], "input.time_invalid"),
+        (["audit", "export", "--out", "/nonexistent/dir/x.csv"], "input.file_unwritable"),
         (["principal", "revoke-key", "key_nope"], "key.not_found"),
         (["enroll", "photo.jpg"], "input.invalid"),
         (["enroll", "--library", "/nonexistent", "--pick", "1"], "library.not_a_folder"),
