@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from detectors.analyzer import FaceAnalyzer
 from detectors.enrollment import enrollment_templates
-from detectors.images import decode_image, sniff_mime
+from detectors.images import decode_image
 from gateway.index_cache import IndexCache
 from gateway.pipeline import GateContext, Pipeline
 from gateway.ratelimit import TokenBuckets
@@ -31,16 +31,15 @@ from gateway.storage.records import Records
 from gateway.storage.subjects import IdentityView, Subjects
 from gateway.storage.tables import GenerationRecord
 from gateway.storage.vault import TemplateVault, load_master_key
+from gateway.verification import ProvenanceVerifier
 from generation.base import Generator
 from policies.config import Settings
 from policies.consent import GrantTerms
 from policies.decision import Decision
-from policies.errors import BadInputError, ConfigurationError, NotFoundError, RefusedError, StageError
+from policies.errors import BadInputError, NotFoundError, RefusedError, StageError
 from policies.roles import Action, require
 from provenance.audit import ChainedEvent, ChainReport
 from provenance.audit_signing import AuditSigner
-from provenance.keys import load_signing_material
-from provenance.manifest import read_manifest
 from provenance.watermark import Watermarker
 
 
@@ -50,16 +49,6 @@ class ModelSource(Protocol):
     def analyzer(self) -> FaceAnalyzer: ...
     def generator(self) -> Generator: ...
     def close(self) -> None: ...
-
-
-def _read_c2pa(data: bytes, mime: str, anchors: str | None) -> dict[str, Any]:
-    """The C2PA report; a format C2PA cannot carry simply has no manifest."""
-    try:
-        return read_manifest(data, mime, anchors).as_dict()
-    except BadInputError as exc:
-        if exc.code != "c2pa.unsupported_format":
-            raise
-        return {"state": None, "note": f"{mime} cannot carry a C2PA manifest"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +88,7 @@ class Gate:
         self.subjects = Subjects(db, TemplateVault(load_master_key(settings.keys_dir)), self.audit)
         self.models = models
         self.watermarker = Watermarker()
+        self.provenance = ProvenanceVerifier(settings, self.records, self.watermarker)
         self.rate_limits = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst)
         self._pipeline_factory = pipeline_factory
 
@@ -303,36 +293,6 @@ class Gate:
 
     # -- provenance -------------------------------------------------------------------------
 
-    def _trust_anchors(self) -> str | None:
-        if not self.settings.trust_dev_ca or self.settings.keys_dir is None:
-            return None
-        try:
-            return load_signing_material(self.settings.keys_dir).trust_anchor_pem
-        except ConfigurationError:
-            return None  # no keys here: manifests can still be read, just not as Trusted
-
     async def verify_provenance(self, image_b64: str) -> dict[str, Any]:
         """C2PA state, decoded watermark, and the generation record the mark resolves to."""
-        s = self.settings
-        data = decode_b64(image_b64, "image")
-        image = decode_image(data, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
-        mime = sniff_mime(data)
-        anchors = self._trust_anchors()
-        c2pa_report, reading = await asyncio.gather(
-            asyncio.to_thread(_read_c2pa, data, mime, anchors),
-            asyncio.to_thread(self.watermarker.decode, image),
-        )
-        record = None
-        if reading.found and reading.payload is not None:
-            found = await self.records.by_watermark(reading.payload.hex())
-            record = found.as_dict() if found else None
-        return {
-            "c2pa": c2pa_report,
-            "watermark": {
-                "found": reading.found,
-                "payload": reading.payload.hex() if reading.payload else None,
-                "confidence": reading.confidence,
-            },
-            "record": record,
-            "provenance_found": c2pa_report["state"] is not None or record is not None,
-        }
+        return await self.provenance.verify(decode_b64(image_b64, "image"))

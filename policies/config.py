@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     """Signing certificate, CA and template-encryption key; default ``data_dir/keys``."""
     trust_dev_ca: bool = True
     """Treat the development CA under ``keys_dir`` as a C2PA trust anchor."""
+    trust_anchors: Path | None = None
+    """PEM file of further C2PA trust anchors (CA certificates) that make a manifest Trusted."""
     stage_timeout_s: float = 120.0
     """A stage that runs longer than this is refused as ``stage.timeout``."""
     max_image_bytes: int = 20 * 1024 * 1024
