@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from gateway.cli import consent_cmds, gate_cmds, setup_cmds
+from gateway.cli import consent_cmds, gate_cmds, setup_cmds, watermark_cmds
 from gateway.cli.parser import build
 from policies.errors import ConsentryError, RefusedError, StageError
 
@@ -34,6 +34,8 @@ HANDLERS = {
     "audit_verify": gate_cmds.cmd_audit_verify,
     "audit_export": gate_cmds.cmd_audit_export,
     "calibrate": gate_cmds.cmd_calibrate,
+    "watermark_embed": watermark_cmds.cmd_watermark_embed,
+    "watermark_decode": watermark_cmds.cmd_watermark_decode,
 }
 
 

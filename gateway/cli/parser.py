@@ -88,6 +88,15 @@ def build(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     verify.add_argument("file")
     verify.add_argument("--json", action="store_true")
 
+    wm = sub.add_parser("watermark", help="Watermark tools").add_subparsers(dest="wm_command", required=True)
+    embed = command("embed", "watermark_embed", "Embed a watermark payload into an image", wm)
+    embed.add_argument("input")
+    embed.add_argument("output", help="output file (.png, .jpg, .webp)")
+    embed.add_argument("--payload", help="16 hex digits (default: random)")
+    decode = command("decode", "watermark_decode", "Decode a watermark from an image", wm)
+    decode.add_argument("input")
+    decode.add_argument("--json", action="store_true")
+
     audit = sub.add_parser("audit", help="Audit log").add_subparsers(dest="audit_command", required=True)
     av = command("verify", "audit_verify", "Re-compute the audit hash chain", audit)
     av.add_argument("--json", action="store_true")

@@ -165,3 +165,23 @@ def test_unknown_command_and_bad_purpose_exit_2(data_dir: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["grant", "idn_x", "--principal", "p", "--purpose", "selfie", "--attested-by", "me"])
     assert exc.value.code == 2
+
+
+def test_watermark_tools(data_dir: Path, faces_dir: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.open(faces_dir / "lfw" / "Tony_Blair" / "Tony_Blair_0002.jpg").resize((512, 512)).save(src)
+    out = tmp_path / "marked.png"
+    assert main(["watermark", "embed", str(src), str(out), "--payload", "00112233aabbccdd"]) == 0
+    capsys.readouterr()
+    assert main(["watermark", "decode", str(out), "--json"]) == 0
+    reading = json.loads(capsys.readouterr().out)
+    assert (
+        reading["found"] is True and reading["payload"] == "00112233aabbccdd" and reading["confidence"] > 0.5
+    )
+    assert main(["watermark", "decode", str(src), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"found": False, "payload": None, "confidence": 0.0}
+    assert main(["watermark", "embed", str(src), str(out), "--payload", "xyz"]) == 2
+    assert main(["watermark", "embed", str(src), str(tmp_path / "o.gif")]) == 2
+    assert main(["watermark", "decode", str(faces_dir / "invalid" / "truncated.jpg")]) == 2
