@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+
+from PIL import Image
 
 from detectors.analyzer import FaceAnalyzer
 from detectors.index import IdentityScores
@@ -53,7 +55,9 @@ class ConsentStage:
         return outcome.verdict
 
 
-async def _score(analyzer: FaceAnalyzer, index: IndexCache, images: list) -> list[IdentityScores]:  # type: ignore[type-arg]
+async def _score(
+    analyzer: FaceAnalyzer, index: IndexCache, images: Sequence[Image.Image]
+) -> list[IdentityScores]:
     analyzed = await asyncio.to_thread(analyzer.analyze, images)
     current = await index.get()
     return [current.scores(a.embeddings) for a in analyzed]
@@ -122,7 +126,7 @@ class WatermarkStage:
         self.attempts = attempts
 
     async def check(self, ctx: GateContext) -> Verdict:
-        def mark_all() -> list:  # type: ignore[type-arg]
+        def mark_all() -> list[Image.Image]:
             return [self.watermarker.embed_verified(img, ctx.watermark, self.attempts) for img in ctx.outputs]
 
         ctx.marked = await asyncio.to_thread(mark_all)

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import threading
 
-from gateway import __version__
-from policies.config import EmbedderKind, Settings
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
+
+from detectors.analyzer import FaceAnalyzer
+from detectors.detection import FaceDetector
+from detectors.embedders import DlibResNetEmbedder, Embedder
+from detectors.facenet_embedder import FacenetEmbedder
+from gateway import __version__, stages
+from gateway.pipeline import Pipeline
+from gateway.service import Gate
+from gateway.storage.db import Database
+from generation.base import Generator
+from generation.diffusers_backend import DiffusersTextToImage
+from policies.config import EmbedderKind, Settings, UnknownFaces
 from policies.errors import ConfigurationError
+from provenance.keys import load_signing_material
 
 
-def build_analyzer(settings: Settings):  # type: ignore[no-untyped-def]
-    from detectors.analyzer import FaceAnalyzer
-    from detectors.detection import FaceDetector
-    from detectors.embedders import DlibResNetEmbedder
-    from detectors.facenet_embedder import FacenetEmbedder
-
+def build_analyzer(settings: Settings) -> FaceAnalyzer:
     detector = FaceDetector(device=settings.device, min_face_px=settings.min_face_px)
+    embedder: Embedder
     if settings.embedder is EmbedderKind.facenet:
         if settings.facenet_weights is None:
             raise ConfigurationError(
@@ -27,32 +36,30 @@ def build_analyzer(settings: Settings):  # type: ignore[no-untyped-def]
     return FaceAnalyzer(detector, embedder)
 
 
-def build_generator(settings: Settings):  # type: ignore[no-untyped-def]
-    from generation.diffusers_backend import DiffusersTextToImage
-
+def build_generator(settings: Settings) -> Generator:
     assert settings.model_dir is not None
     return DiffusersTextToImage(settings.model_dir, device=settings.device)
 
 
-def build_pipeline(gate):  # type: ignore[no-untyped-def]
-    from gateway import stages
-    from gateway.pipeline import Pipeline
-    from provenance.keys import load_signing_material
-
+def build_pipeline(gate: Gate) -> Pipeline:
+    """The stage list, in the order of the design: each stage keyed by its configured name."""
     s = gate.settings
-    allow_unknown = s.unknown_faces.value == "allow"
     keys_dir = s.keys_dir
+    assert keys_dir is not None
+    threshold = s.match_threshold
     return Pipeline(
         [
             ("consent", stages.ConsentStage(gate.subjects, s.deny_terms)),
             (
                 "verify_refs",
-                stages.ReferenceFacesStage(gate.analyzer, gate.index, s.match_threshold, allow_unknown),
+                stages.ReferenceFacesStage(
+                    gate.analyzer, gate.index, threshold, s.unknown_faces is UnknownFaces.allow
+                ),
             ),
             ("generate", stages.GenerateStage(gate.generator)),
             (
                 "verify_output",
-                stages.OutputFacesStage(gate.analyzer, gate.index, s.match_threshold, s.require_output_face),
+                stages.OutputFacesStage(gate.analyzer, gate.index, threshold, s.require_output_face),
             ),
             ("watermark", stages.WatermarkStage(gate.watermarker)),
             (
@@ -69,20 +76,22 @@ def build_pipeline(gate):  # type: ignore[no-untyped-def]
 class Models:
     """Loads the analyzer and the generator once, on first use; injected ones are used as is."""
 
-    def __init__(self, settings: Settings, *, analyzer=None, generator=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self, settings: Settings, *, analyzer: FaceAnalyzer | None = None, generator: Generator | None = None
+    ) -> None:
         self.settings = settings
         self._analyzer = analyzer
         self._generator = generator
         self._injected_generator = generator is not None
         self._lock = threading.Lock()
 
-    def analyzer(self):  # type: ignore[no-untyped-def]
+    def analyzer(self) -> FaceAnalyzer:
         with self._lock:
             if self._analyzer is None:
                 self._analyzer = build_analyzer(self.settings)
             return self._analyzer
 
-    def generator(self):  # type: ignore[no-untyped-def]
+    def generator(self) -> Generator:
         with self._lock:
             if self._generator is None:
                 self._generator = build_generator(self.settings)
@@ -96,18 +105,14 @@ class Models:
 
 def quiet_libraries() -> None:
     """diffusers and transformers draw progress bars on every load; a server log wants none."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 
 
-async def open_gate(settings: Settings, *, analyzer=None, generator=None):  # type: ignore[no-untyped-def]
+async def open_gate(
+    settings: Settings, *, analyzer: FaceAnalyzer | None = None, generator: Generator | None = None
+) -> Gate:
     """Open the database (migrating it) and assemble the gate; models load on first use."""
-    from gateway.service import Gate
-    from gateway.storage.db import Database
-
     db = Database(settings.database_url)
     await db.migrate()
     return Gate(settings, db, Models(settings, analyzer=analyzer, generator=generator), build_pipeline)
