@@ -41,7 +41,7 @@ class AdminController(Controller):
     @post("/", summary="Create a principal and its first API key (shown once)")
     async def create(self, data: PrincipalRequest, gate: Gate, principal: PrincipalView) -> dict[str, Any]:
         require(principal.role, Action.manage_principals)
-        issued = await gate.principals.create(data.name, data.role)
+        issued = await gate.principals.create(data.name, data.role, actor=principal.id)
         return {"id": issued.principal.id, "name": data.name, "role": data.role, "api_key": issued.secret}
 
     @post("/{principal_id:str}/keys", summary="Issue another API key for a principal (shown once)")
@@ -49,7 +49,7 @@ class AdminController(Controller):
         self, gate: Gate, principal: PrincipalView, principal_id: str = Parameter(max_length=40)
     ) -> dict[str, Any]:
         require(principal.role, Action.manage_principals)
-        issued = await gate.principals.issue_key(principal_id)
+        issued = await gate.principals.issue_key(principal_id, actor=principal.id)
         return {"id": issued.key_id, "principal_id": principal_id, "api_key": issued.secret}
 
 
@@ -62,7 +62,7 @@ class KeysController(Controller):
         self, gate: Gate, principal: PrincipalView, key_id: str = Parameter(max_length=40)
     ) -> dict[str, Any]:
         require(principal.role, Action.manage_principals)
-        await gate.principals.revoke_key(key_id)
+        await gate.principals.revoke_key(key_id, actor=principal.id)
         return {"id": key_id, "revoked": True}
 
 

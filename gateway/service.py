@@ -82,7 +82,7 @@ class Gate:
         self.audit = AuditLog(
             db, AuditSigner.load_or_create(settings.keys_dir), settings.audit_checkpoint_every
         )
-        self.principals = Principals(db)
+        self.principals = Principals(db, self.audit)
         self.records = Records(db)
         assert settings.keys_dir is not None
         self.subjects = Subjects(db, TemplateVault(load_master_key(settings.keys_dir)), self.audit)

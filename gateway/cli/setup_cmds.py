@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 from gateway.cli.common import load_settings
+from gateway.storage.db import Database
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
@@ -36,7 +37,17 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    load_settings()  # fail early, with exit 2, on a bad configuration
+    settings = load_settings()  # fail early, with exit 2, on a bad configuration
+
+    async def migrate() -> None:
+        # Once, here, before the workers start: N workers must not race to create the schema.
+        db = Database(settings.database_url)
+        try:
+            await db.migrate()
+        finally:
+            await db.dispose()
+
+    asyncio.run(migrate())
     uvicorn.run(
         "gateway.plugin:create_app", factory=True, host=args.host, port=args.port, workers=args.workers
     )

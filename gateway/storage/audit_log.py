@@ -48,35 +48,45 @@ class AuditLog:
             await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_KEY})
 
     async def append(self, kind: str, body: dict[str, Any], also: UnitOfWork | None = None) -> ChainedEvent:
-        """Append one event; ``also`` writes the rows it speaks for in the same transaction."""
+        """Append one event; ``also`` writes the rows it speaks for in the same transaction.
+
+        Only a clash on the event's own sequence number is retried; an error raised by ``also``
+        (including an IntegrityError of its rows) rolls everything back and reaches the caller.
+        """
         async with self._lock:
-            for attempt in range(RETRIES):
-                try:
-                    async with self.db.session() as session, session.begin():
-                        await self._take_write_lock(session)
-                        head = (await session.execute(HEAD)).first()
-                        seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
-                        ts = datetime.now(UTC).isoformat(timespec="microseconds")
-                        event = seal(seq=seq, ts=ts, kind=kind, body=body, prev=prev)
-                        session.add(
-                            AuditEvent(
-                                seq=event.seq,
-                                ts=event.ts,
-                                kind=event.kind,
-                                body=event.body,
-                                prev_hash=event.prev_hash,
-                                hash=event.hash,
-                            )
-                        )
-                        await self._sign(session, event)
-                        if also is not None:
-                            await also(session, event)
-                    return event
-                except IntegrityError as exc:
-                    # Another process took this sequence number first: read the new head and retry.
-                    if attempt == RETRIES - 1:
-                        raise StageError("cannot append to the audit log", code="audit.unavailable") from exc
-        raise AssertionError("unreachable")
+            for _ in range(RETRIES):
+                async with self.db.session() as session, session.begin():
+                    event = await self._add_event(session, kind, body)
+                    if event is None:
+                        await session.rollback()
+                        continue
+                    await self._sign(session, event)
+                    if also is not None:
+                        await also(session, event)
+                return event
+        raise StageError("cannot append to the audit log", code="audit.unavailable")
+
+    async def _add_event(self, session: AsyncSession, kind: str, body: dict[str, Any]) -> ChainedEvent | None:
+        """Stage the next event; None when another writer took its sequence number first."""
+        await self._take_write_lock(session)
+        head = (await session.execute(HEAD)).first()
+        seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
+        ts = datetime.now(UTC).isoformat(timespec="microseconds")
+        event = seal(seq=seq, ts=ts, kind=kind, body=body, prev=prev)
+        row = AuditEvent(
+            seq=event.seq,
+            ts=event.ts,
+            kind=event.kind,
+            body=event.body,
+            prev_hash=event.prev_hash,
+            hash=event.hash,
+        )
+        session.add(row)
+        try:
+            await session.flush()
+        except IntegrityError:
+            return None
+        return event
 
     async def _sign(self, session: AsyncSession, event: ChainedEvent) -> None:
         signature = self.signer.sign(event.seq, event.hash)

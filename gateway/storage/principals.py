@@ -9,11 +9,14 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.storage.audit_log import AuditLog
 from gateway.storage.db import Database
 from gateway.storage.tables import ApiKey, Principal
 from policies.errors import AuthError, BadInputError, ConflictError, NotFoundError
 from policies.roles import Role
+from provenance.audit import ChainedEvent
 
 KEY_PREFIX = "csk_"
 
@@ -48,10 +51,11 @@ class IssuedKey:
 
 
 class Principals:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, audit: AuditLog) -> None:
         self.db = db
+        self.audit = audit
 
-    async def create(self, name: str, role: str) -> IssuedKey:
+    async def create(self, name: str, role: str, actor: str = "local-cli") -> IssuedKey:
         if role not in {r.value for r in Role}:
             raise BadInputError(f"unknown role {role!r}", code="principal.role_invalid")
         name = name.strip()
@@ -59,32 +63,43 @@ class Principals:
             raise BadInputError("a principal needs a name of 1-200 characters", code="principal.name_invalid")
         now = datetime.now(UTC)
         principal = Principal(id=new_id("prn"), name=name, role=role, created_at=now)
-        try:
-            async with self.db.session() as session, session.begin():
-                session.add(principal)
-                await session.flush()
-                issued = await self._issue(session, principal.id, now)
-        except IntegrityError as exc:
-            raise ConflictError(f"a principal named {name!r} exists", code="principal.exists") from exc
-        return IssuedKey(PrincipalView(principal.id, name, role), *issued)
+        issued: list[tuple[str, str]] = []
 
-    async def issue_key(self, principal_id: str) -> IssuedKey:
-        async with self.db.session() as session, session.begin():
+        async def write(session: AsyncSession, _event: ChainedEvent) -> None:
+            session.add(principal)
+            try:
+                await session.flush()
+            except IntegrityError as exc:
+                raise ConflictError(f"a principal named {name!r} exists", code="principal.exists") from exc
+            issued.append(await self._issue(session, principal.id, now))
+
+        body = {"principal_id": principal.id, "role": role, "actor": actor}
+        await self.audit.append("principal.created", body, also=write)
+        return IssuedKey(PrincipalView(principal.id, name, role), *issued[0])
+
+    async def issue_key(self, principal_id: str, actor: str = "local-cli") -> IssuedKey:
+        found: list[IssuedKey] = []
+
+        async def write(session: AsyncSession, _event: ChainedEvent) -> None:
             principal = await session.get(Principal, principal_id)
             if principal is None:
                 raise NotFoundError(f"no principal {principal_id}", code="principal.not_found")
-            issued = await self._issue(session, principal_id, datetime.now(UTC))
-        return IssuedKey(PrincipalView(principal.id, principal.name, principal.role), *issued)
+            key_id, secret = await self._issue(session, principal_id, datetime.now(UTC))
+            view = PrincipalView(principal.id, principal.name, principal.role)
+            found.append(IssuedKey(view, key_id, secret))
+
+        await self.audit.append("key.issued", {"principal_id": principal_id, "actor": actor}, also=write)
+        return found[0]
 
     @staticmethod
-    async def _issue(session, principal_id: str, now: datetime) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    async def _issue(session: AsyncSession, principal_id: str, now: datetime) -> tuple[str, str]:
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(id=new_id("key"), principal_id=principal_id, key_hash=hash_key(secret), created_at=now)
         session.add(key)
         return key.id, secret
 
-    async def revoke_key(self, key_id: str) -> None:
-        async with self.db.session() as session, session.begin():
+    async def revoke_key(self, key_id: str, actor: str = "local-cli") -> None:
+        async def write(session: AsyncSession, _event: ChainedEvent) -> None:
             result = await session.execute(
                 update(ApiKey)
                 .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
@@ -92,6 +107,8 @@ class Principals:
             )
             if result.rowcount == 0:
                 raise NotFoundError(f"no live key {key_id}", code="key.not_found")
+
+        await self.audit.append("key.revoked", {"key_id": key_id, "actor": actor}, also=write)
 
     async def authenticate(self, secret: str | None) -> PrincipalView:
         """The principal holding ``secret``; a missing, unknown or revoked key fails at once."""

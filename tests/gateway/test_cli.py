@@ -83,7 +83,8 @@ def test_enroll_grant_generate_verify_audit(data_dir: Path, faces_dir: Path, cap
 
     assert main(["audit", "verify", "--json"]) == 0
     chain = json.loads(capsys.readouterr().out)
-    assert chain["ok"] and chain["events"] == 6  # enroll, grant, release, refusal, revoke, refusal
+    # principal added, enroll, grant, release, refusal, revoke, refusal
+    assert chain["ok"] and chain["events"] == 7
 
     assert main(["audit", "export", "--identity", identity, "--decision", "consent.revoked"]) == 0
     [line] = capsys.readouterr().out.splitlines()
@@ -92,7 +93,7 @@ def test_enroll_grant_generate_verify_audit(data_dir: Path, faces_dir: Path, cap
     out = data_dir.parent / "audit.csv"
     assert main(["audit", "export", "--format", "csv", "--since", "2000-01-01", "--out", str(out)]) == 0
     rows = out.read_text().splitlines()
-    assert rows[0].startswith("seq,ts,kind,decision") and len(rows) == 7
+    assert rows[0].startswith("seq,ts,kind,decision") and len(rows) == 8
     assert main(["audit", "export", "--until", "2000-01-01"]) == 0
     assert capsys.readouterr().out == ""
 

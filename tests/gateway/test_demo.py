@@ -18,7 +18,7 @@ def test_demo_runs_offline_and_releases_one_image(tmp_path: Path, monkeypatch, c
     out = capsys.readouterr().out
     for code in ("released", "consent.missing", "face.none", "consent.prompt_denied", "consent.revoked"):
         assert code in out
-    assert "C2PA Trusted" in out and "audit chain: intact, 8 events" in out
+    assert "C2PA Trusted" in out and "audit chain: intact, 10 events" in out
     assert len(list((tmp_path / "out").glob("*.png"))) == 1
     assert (tmp_path / "data" / "models" / "tiny" / "model_index.json").is_file()
 

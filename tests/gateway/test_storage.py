@@ -28,7 +28,7 @@ async def stores(database_url: str, tmp_path: Path):  # type: ignore[no-untyped-
     await db.migrate()
     audit = AuditLog(db, AuditSigner(Ed25519PrivateKey.generate()), checkpoint_every=10)
     vault = TemplateVault(b"k" * 32)
-    yield db, Principals(db), Subjects(db, vault, audit), audit
+    yield db, Principals(db, audit), Subjects(db, vault, audit), audit
     await db.dispose()
 
 
@@ -91,7 +91,8 @@ async def test_templates_encrypted_and_grants_evaluated(stores) -> None:  # type
     with pytest.raises(NotFoundError):
         await subjects.revoke(grant.id, actor="op")
     report = await audit.verify()
-    assert report.ok and report.events == 3  # enrolled, granted, revoked (failed revoke rolled back)
+    # principal created, enrolled, granted, revoked (the failed revoke rolled back)
+    assert report.ok and report.events == 4
 
 
 async def test_concurrent_appends_are_gap_free(stores) -> None:  # type: ignore[no-untyped-def]
