@@ -17,6 +17,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
+from PIL import Image
+
 from detectors.analyzer import FaceAnalyzer
 from detectors.enrollment import enrollment_templates
 from detectors.images import decode_image
@@ -84,7 +86,6 @@ class Gate:
         )
         self.principals = Principals(db, self.audit)
         self.records = Records(db)
-        assert settings.keys_dir is not None
         self.subjects = Subjects(db, TemplateVault(load_master_key(settings.keys_dir)), self.audit)
         self.models = models
         self.watermarker = Watermarker()
@@ -117,17 +118,22 @@ class Gate:
         self.models.close()
         await self.db.dispose()
 
+    def _decode_all(self, items: list[str], what: str) -> list[Image.Image]:
+        """Decode base64 uploads under the configured limits; errors name the item (1-based)."""
+        s = self.settings
+        return [
+            decode_image(
+                decode_b64(item, f"{what} {i}"), max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels
+            )
+            for i, item in enumerate(items, start=1)
+        ]
+
     # -- enrollment and consent -------------------------------------------------------------
 
     async def enroll(self, actor: PrincipalView, req: EnrollRequest) -> IdentityView:
         require(actor.role, Action.enroll)
         s = self.settings
-        images = [
-            decode_image(
-                decode_b64(p, f"photo {i}"), max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels
-            )
-            for i, p in enumerate(req.photos, start=1)
-        ]
+        images = self._decode_all(req.photos, "photo")
         analyzed = await asyncio.to_thread(self.analyzer.analyze, images)
         templates = enrollment_templates(
             analyzed,
@@ -183,12 +189,7 @@ class Gate:
             raise BadInputError(
                 f"at most {s.max_references} reference images", code="input.too_many_references"
             )
-        refs = [
-            decode_image(
-                decode_b64(r, f"reference {i}"), max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels
-            )
-            for i, r in enumerate(req.references, start=1)
-        ]
+        refs = self._decode_all(req.references, "reference")
         request_id = f"gen_{secrets.token_hex(8)}"
         ctx = GateContext(
             request_id=request_id,
