@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from facenet_pytorch import MTCNN
 from PIL import Image
 
+from detectors.embedders import resolve_device
 from policies.errors import ConfigurationError, StageError
 
 # Tuned on the shared test photos (groups at min_face_px=20, LFW at 40): every real face scored
@@ -60,19 +60,6 @@ class DetectedFace:
     @property
     def center(self) -> Point:
         return ((self.box[0] + self.box[2]) / 2.0, (self.box[1] + self.box[3]) / 2.0)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` means CUDA when torch sees a GPU, else CPU; anything else must be usable."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigurationError(f"unknown torch device {device!r}") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError(f"device {device!r} requested but torch sees no CUDA device")
-    return resolved
 
 
 class FaceDetector:

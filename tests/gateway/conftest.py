@@ -119,3 +119,20 @@ async def db_client(
     app = create_app(ConsentryConfig(settings=settings, gate_factory=factory))
     async with serve(app) as c:
         yield c
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def role_keys(client: AppClient, admin_key: str) -> dict[str, str]:
+    """API keys of an operator (``op``), a requester (``P``) and an auditor (``aud``)."""
+    out = {}
+    for name, role in [("op", "operator"), ("P", "requester"), ("aud", "auditor")]:
+        r = await client.post(
+            "/v1/principals", json={"name": name, "role": role}, headers={"X-API-Key": admin_key}
+        )
+        out[name] = r.json()["api_key"]
+    return out
+
+
+async def audit_event_count(client: AppClient, keys: dict[str, str]) -> int:
+    """How many audit events exist: 'nothing stored' checks compare this before and after."""
+    return (await client.get("/v1/audit/verify", headers={"X-API-Key": keys["aud"]})).json()["events"]

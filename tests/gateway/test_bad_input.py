@@ -6,27 +6,10 @@ import base64
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
-from tests.gateway.conftest import AppClient, b64
+from tests.gateway.conftest import audit_event_count, b64
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def keys(client: AppClient, admin_key: str) -> dict[str, str]:
-    out = {}
-    for name, role in [("op", "operator"), ("P", "requester"), ("aud", "auditor")]:
-        r = await client.post(
-            "/v1/principals", json={"name": name, "role": role}, headers={"X-API-Key": admin_key}
-        )
-        out[name] = r.json()["api_key"]
-    return out
-
-
-async def audit_events(client: AppClient, keys: dict[str, str]) -> int:
-    r = await client.get("/v1/audit/verify", headers={"X-API-Key": keys["aud"]})
-    return r.json()["events"]
 
 
 def bad_images(faces_dir: Path) -> dict[str, str]:
@@ -40,58 +23,62 @@ def bad_images(faces_dir: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case", ["text", "truncated", "corrupted", "five_byte_png", "not_base64"])
-async def test_bad_enrollment_photo(client, keys, faces_dir, case) -> None:  # type: ignore[no-untyped-def]
-    before = await audit_events(client, keys)
+async def test_bad_enrollment_photo(client, role_keys, faces_dir, case) -> None:  # type: ignore[no-untyped-def]
+    before = await audit_event_count(client, role_keys)
     good = [b64(faces_dir / "lfw" / "Hugo_Chavez" / f"Hugo_Chavez_{n:04d}.jpg") for n in (1, 2, 3)]
     body = {"label": "x", "photos": [*good, bad_images(faces_dir)[case]]}
-    r = await client.post("/v1/identities", json=body, headers={"X-API-Key": keys["op"]})
+    r = await client.post("/v1/identities", json=body, headers={"X-API-Key": role_keys["op"]})
     assert r.status_code == 400, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["code"] in {"image.invalid", "image.empty", "input.base64_invalid"}
-    assert await audit_events(client, keys) == before
+    assert await audit_event_count(client, role_keys) == before
 
 
 @pytest.mark.parametrize("case", ["text", "truncated", "five_byte_png"])
-async def test_bad_reference_image(client, keys, faces_dir, case) -> None:  # type: ignore[no-untyped-def]
-    before = await audit_events(client, keys)
+async def test_bad_reference_image(client, role_keys, faces_dir, case) -> None:  # type: ignore[no-untyped-def]
+    before = await audit_event_count(client, role_keys)
     body = {
         "subject_id": "idn_x",
         "purpose": "portrait",
         "prompt": "p",
         "references": [bad_images(faces_dir)[case]],
     }
-    r = await client.post("/v1/generate", json=body, headers={"X-API-Key": keys["P"]})
+    r = await client.post("/v1/generate", json=body, headers={"X-API-Key": role_keys["P"]})
     assert r.status_code in {400, 404}, r.text
     assert r.json()["code"] in {"image.invalid", "identity.not_found"}
-    assert await audit_events(client, keys) == before
+    assert await audit_event_count(client, role_keys) == before
 
 
-async def test_empty_body_and_empty_image(client, keys) -> None:  # type: ignore[no-untyped-def]
+async def test_empty_body_and_empty_image(client, role_keys) -> None:  # type: ignore[no-untyped-def]
     r = await client.post(
-        "/v1/identities", content=b"", headers={"X-API-Key": keys["op"], "content-type": "application/json"}
+        "/v1/identities",
+        content=b"",
+        headers={"X-API-Key": role_keys["op"], "content-type": "application/json"},
     )
     assert r.status_code == 400 and r.json()["code"].startswith("input.")
-    r = await client.post("/v1/provenance/verify", json={"image": ""}, headers={"X-API-Key": keys["aud"]})
+    r = await client.post(
+        "/v1/provenance/verify", json={"image": ""}, headers={"X-API-Key": role_keys["aud"]}
+    )
     assert (r.status_code, r.json()["code"]) == (400, "input.invalid")
 
 
-async def test_unknown_subject(client, keys, faces_dir) -> None:  # type: ignore[no-untyped-def]
-    before = await audit_events(client, keys)
+async def test_unknown_subject(client, role_keys, faces_dir) -> None:  # type: ignore[no-untyped-def]
+    before = await audit_event_count(client, role_keys)
     body = {"subject_id": "idn_doesnotexist", "purpose": "portrait", "prompt": "a portrait"}
-    r = await client.post("/v1/generate", json=body, headers={"X-API-Key": keys["P"]})
+    r = await client.post("/v1/generate", json=body, headers={"X-API-Key": role_keys["P"]})
     assert (r.status_code, r.json()["code"]) == (404, "identity.not_found")
-    assert await audit_events(client, keys) == before
+    assert await audit_event_count(client, role_keys) == before
 
 
-async def test_malformed_json_and_unknown_fields(client, keys) -> None:  # type: ignore[no-untyped-def]
-    h = {"X-API-Key": keys["P"], "content-type": "application/json"}
+async def test_malformed_json_and_unknown_fields(client, role_keys) -> None:  # type: ignore[no-untyped-def]
+    h = {"X-API-Key": role_keys["P"], "content-type": "application/json"}
     r = await client.post("/v1/generate", content=b'{"subject_id": "idn_x", ', headers=h)
     assert r.status_code == 400 and r.json()["code"] == "input.malformed_json", r.text
     body = {"subject_id": "idn_x", "purpose": "portrait", "prompt": "p", "sneaky": 1}
-    r = await client.post("/v1/generate", json=body, headers={"X-API-Key": keys["P"]})
+    r = await client.post("/v1/generate", json=body, headers={"X-API-Key": role_keys["P"]})
     assert (r.status_code, r.json()["code"]) == (400, "input.invalid")
     body = {"subject_id": "idn_x", "purpose": "selfie", "prompt": "p"}
-    r = await client.post("/v1/generate", json=body, headers={"X-API-Key": keys["P"]})
+    r = await client.post("/v1/generate", json=body, headers={"X-API-Key": role_keys["P"]})
     assert (r.status_code, r.json()["code"]) == (400, "input.invalid")
 
 
@@ -102,8 +89,8 @@ async def test_missing_and_wrong_keys(client) -> None:  # type: ignore[no-untype
     assert (r.status_code, r.json()["code"]) == (401, "auth.invalid_key")
 
 
-async def test_revoke_unknown_grant_and_grant_to_unknown_identity(client, keys) -> None:  # type: ignore[no-untyped-def]
-    op = {"X-API-Key": keys["op"]}
+async def test_revoke_unknown_grant_and_grant_to_unknown_identity(client, role_keys) -> None:  # type: ignore[no-untyped-def]
+    op = {"X-API-Key": role_keys["op"]}
     r = await client.post("/v1/grants/gnt_nope/revoke", headers=op)
     assert (r.status_code, r.json()["code"]) == (404, "grant.not_found")
     grant = {

@@ -12,10 +12,9 @@ import zlib
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from PIL import Image
 
-from tests.gateway.conftest import AppClient, b64
+from tests.gateway.conftest import audit_event_count, b64
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -39,26 +38,11 @@ def animated_gif() -> bytes:
     return buf.getvalue()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def keys(client: AppClient, admin_key: str) -> dict[str, str]:
-    out = {}
-    for name, role in [("op", "operator"), ("P", "requester"), ("aud", "auditor")]:
-        r = await client.post(
-            "/v1/principals", json={"name": name, "role": role}, headers={"X-API-Key": admin_key}
-        )
-        out[name] = r.json()["api_key"]
-    return out
-
-
-async def stored(client: AppClient, keys: dict[str, str]) -> int:
-    return (await client.get("/v1/audit/verify", headers={"X-API-Key": keys["aud"]})).json()["events"]
-
-
 def generate_body(**overrides: object) -> dict:
     return {"subject_id": "idn_x", "purpose": "portrait", "prompt": "a portrait", **overrides}
 
 
-async def test_decompression_bomb_is_refused_fast_with_bounded_memory(client, keys) -> None:  # type: ignore[no-untyped-def]
+async def test_decompression_bomb_is_refused_fast_with_bounded_memory(client, role_keys) -> None:  # type: ignore[no-untyped-def]
     bomb = png_bomb()
     assert len(bomb) < 20_000
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -66,7 +50,7 @@ async def test_decompression_bomb_is_refused_fast_with_bounded_memory(client, ke
     r = await client.post(
         "/v1/provenance/verify",
         json={"image": base64.b64encode(bomb).decode()},
-        headers={"X-API-Key": keys["aud"]},
+        headers={"X-API-Key": role_keys["aud"]},
     )
     elapsed = time.perf_counter() - start
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
@@ -90,27 +74,27 @@ async def test_decompression_bomb_is_refused_fast_with_bounded_memory(client, ke
         (generate_body(references=[base64.b64encode(animated_gif()).decode()]), "identity.not_found"),
     ],
 )
-async def test_bad_generation_requests(client, keys, body: dict, code: str) -> None:  # type: ignore[no-untyped-def]
-    before = await stored(client, keys)
-    r = await client.post("/v1/generate", json=body, headers={"X-API-Key": keys["P"]})
+async def test_bad_generation_requests(client, role_keys, body: dict, code: str) -> None:  # type: ignore[no-untyped-def]
+    before = await audit_event_count(client, role_keys)
+    r = await client.post("/v1/generate", json=body, headers={"X-API-Key": role_keys["P"]})
     assert 400 <= r.status_code < 500 and r.json()["code"] == code, r.text[:300]
     assert r.headers["content-type"].startswith("application/problem+json")
-    assert await stored(client, keys) == before
+    assert await audit_event_count(client, role_keys) == before
 
 
-async def test_animated_gif_and_multipage_tiff_are_refused(client, keys, faces_dir: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_animated_gif_and_multipage_tiff_are_refused(client, role_keys, faces_dir: Path) -> None:  # type: ignore[no-untyped-def]
     frames = [Image.new("RGB", (64, 64), c) for c in ("red", "blue")]
     buf = io.BytesIO()
     frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])
     good = [b64(faces_dir / "lfw" / "Hugo_Chavez" / f"Hugo_Chavez_{n:04d}.jpg") for n in (1, 2, 3)]
     for data in (animated_gif(), buf.getvalue()):
         body = {"label": "x", "photos": [*good, base64.b64encode(data).decode()]}
-        r = await client.post("/v1/identities", json=body, headers={"X-API-Key": keys["op"]})
+        r = await client.post("/v1/identities", json=body, headers={"X-API-Key": role_keys["op"]})
         assert (r.status_code, r.json()["code"]) == (400, "image.multi_frame")
 
 
-async def test_lying_content_types(client, keys, faces_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    h = {"X-API-Key": keys["aud"]}
+async def test_lying_content_types(client, role_keys, faces_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    h = {"X-API-Key": role_keys["aud"]}
     # A JPEG body sent as if it were JSON, and JSON sent as an image.
     jpeg = (faces_dir / "lfw" / "Hugo_Chavez" / "Hugo_Chavez_0001.jpg").read_bytes()
     r = await client.post(
@@ -128,8 +112,8 @@ async def test_lying_content_types(client, keys, faces_dir: Path) -> None:  # ty
     assert r.status_code == 201 and r.json()["provenance_found"] is False
 
 
-async def test_path_like_ids_in_urls(client, keys) -> None:  # type: ignore[no-untyped-def]
-    op = {"X-API-Key": keys["op"]}
+async def test_path_like_ids_in_urls(client, role_keys) -> None:  # type: ignore[no-untyped-def]
+    op = {"X-API-Key": role_keys["op"]}
     for path in (
         "/v1/grants/..%2F..%2Fetc/revoke",
         "/v1/identities/%2e%2e/erase",
@@ -139,6 +123,6 @@ async def test_path_like_ids_in_urls(client, keys) -> None:  # type: ignore[no-u
         assert 400 <= r.status_code < 500 and "code" in r.json(), (path, r.text)
 
 
-async def test_process_is_still_up(client, keys) -> None:  # type: ignore[no-untyped-def]
+async def test_process_is_still_up(client, role_keys) -> None:  # type: ignore[no-untyped-def]
     r = await client.get("/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"
