@@ -152,25 +152,8 @@ async def test_faulty_generator_is_refused_and_audited(
     app = create_app(ConsentryConfig(settings=settings, gate_factory=factory))
     async with serve(app) as client:
         gate = app.state["consentry_gate"]
-        admin = (await gate.principals.create("admin", "admin")).secret
-        h = {"X-API-Key": admin}
-        p = (await client.post("/v1/principals", json={"name": "P", "role": "requester"}, headers=h)).json()
-        photos = [
-            b64(faces_dir / "lfw" / "Jacques_Chirac" / f"Jacques_Chirac_{n:04d}.jpg") for n in (1, 2, 3)
-        ]
-        r = await client.post("/v1/identities", json={"label": "A", "photos": photos}, headers=h)
-        assert r.status_code == 201, r.text
-        ident = r.json()
-        grant = {
-            "identity_id": ident["id"],
-            "principal": "P",
-            "purposes": ["avatar"],
-            "attested_by": "t",
-            "consent_text_sha256": hashlib.sha256(b"t").hexdigest(),
-        }
-        assert (await client.post("/v1/grants", json=grant, headers=h)).status_code == 201
-        body = {"subject_id": ident["id"], "purpose": "avatar", "prompt": "an avatar"}
-        r = await client.post("/v1/generate", json=body, headers={"X-API-Key": p["api_key"]})
+        key, body = await _world(client, faces_dir, gate)
+        r = await client.post("/v1/generate", json=body, headers={"X-API-Key": key})
         assert r.status_code == status, r.text
         problem = r.json()
         assert problem["code"] == code
