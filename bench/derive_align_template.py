@@ -31,13 +31,13 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from detectors.align import (  # noqa: E402
+from consentry.detectors.align import (  # noqa: E402
     LANDMARK_WEIGHTS,
     align_faces,
     estimate_similarity,
     face_template,
 )
-from detectors.detection import FaceDetector  # noqa: E402
+from consentry.detectors.detection import FaceDetector  # noqa: E402
 
 SIZE, PADDING = 150, 0.25
 CORNERS = np.array([[0, 0, 1], [SIZE - 1, 0, 1], [0, SIZE - 1, 1], [SIZE - 1, SIZE - 1, 1.0]])

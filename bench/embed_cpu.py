@@ -38,10 +38,9 @@ IMPLS = ("ours", "ours_1t", "dlib")
 def load_chips(photos: Path) -> np.ndarray:
     """(N, 150, 150, 3) uint8: the centred face of every LFW photo, as the gate aligns it."""
     repo_on_path()
+    from consentry.detectors.align import align_faces
+    from consentry.detectors.detection import FaceDetector
     from PIL import Image
-
-    from detectors.align import align_faces
-    from detectors.detection import FaceDetector
 
     detector = FaceDetector(device="cpu")
     chips = []
@@ -82,7 +81,7 @@ def worker(impl: str, batch: int, repeats: int, chips_path: Path, out_path: Path
         if impl == "ours_1t":  # one thread: what a core shared with other work gets reliably
             torch.set_num_threads(1)
 
-        from detectors.embedders import DlibResNetEmbedder
+        from consentry.detectors.embedders import DlibResNetEmbedder
 
         embedder = DlibResNetEmbedder(device="cpu", batch_size=batch)
         threads = torch.get_num_threads()
@@ -96,7 +95,7 @@ def worker(impl: str, batch: int, repeats: int, chips_path: Path, out_path: Path
         import dlib
 
         repo_on_path()
-        from detectors.dlib_resnet import default_dlib_weights
+        from consentry.detectors.dlib_resnet import default_dlib_weights
 
         model = dlib.face_recognition_model_v1(str(default_dlib_weights()))
         threads = None

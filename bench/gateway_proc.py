@@ -35,7 +35,7 @@ async def pg_database(create: str | None = None, drop: str | None = None) -> boo
 
 
 def cli(env: dict[str, str], cwd: Path, *argv: str, ok: tuple[int, ...] = (0,)) -> str:
-    cmd = [sys.executable, "-m", "gateway.cli", *argv]
+    cmd = [sys.executable, "-m", "consentry.gateway.cli", *argv]
     done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
     if done.returncode not in ok:
         raise RuntimeError(f"consentry {argv[0]} exited {done.returncode}: {done.stderr[-2000:]}")
@@ -53,7 +53,7 @@ class Server:
         argv = ["serve", "--host", HOST, "--port", str(port), "--workers", str(workers)]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", *argv],
+                [sys.executable, "-m", "consentry.gateway.cli", *argv],
                 env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
 

@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from detectors.calibration import (  # noqa: E402
+from consentry.detectors.calibration import (  # noqa: E402
     best_accuracy,
     choose_threshold,
     operating_point,
@@ -38,10 +38,10 @@ from detectors.calibration import (  # noqa: E402
     roc_curve,
     tar_at_fars,
 )
-from detectors.detection import FaceDetector  # noqa: E402
-from gateway.calibrate import calibrate, pick_face, scan_photos  # noqa: E402
-from gateway.wiring import build_analyzer  # noqa: E402
-from policies.config import Settings  # noqa: E402
+from consentry.detectors.detection import FaceDetector  # noqa: E402
+from consentry.gateway.calibrate import calibrate, pick_face, scan_photos  # noqa: E402
+from consentry.gateway.wiring import build_analyzer  # noqa: E402
+from consentry.policies.config import Settings  # noqa: E402
 
 # dlib-models README: "mean error of 0.993833 with a standard deviation of 0.00272732 on the LFW
 # benchmark" (it is the mean accuracy over LFW's 10 folds of 300 + 300 pairs).

@@ -19,7 +19,7 @@ from common import faces_dir, repo_on_path
 from PIL import Image, ImageEnhance
 
 repo_on_path()
-from provenance.watermark import Watermarker  # noqa: E402
+from consentry.provenance.watermark import Watermarker  # noqa: E402
 
 Attack = Callable[[Image.Image], Image.Image]
 
@@ -118,9 +118,9 @@ def synthetic(rng: np.random.Generator, size: int, textured: bool) -> Image.Imag
 
 
 def tiny_images(sizes: list[int]) -> list[Image.Image]:
-    from generation.base import GenerationJob
-    from generation.diffusers_backend import DiffusersTextToImage
-    from generation.tiny import build_tiny_pipeline
+    from consentry.generation.base import GenerationJob
+    from consentry.generation.diffusers_backend import DiffusersTextToImage
+    from consentry.generation.tiny import build_tiny_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         gen = DiffusersTextToImage(build_tiny_pipeline(Path(tmp) / "tiny"), device="cpu")

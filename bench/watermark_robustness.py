@@ -27,8 +27,8 @@ from PIL import Image
 from watermark_images import ATTACKS, EXTRA, REQUIRED, image_set, square, unmarked
 
 repo_on_path()
-from provenance.watermark import Watermarker, false_positive_bound  # noqa: E402
-from provenance.wm_spread import CANDIDATES_PER_SCALE, MAX_SCALE_GUESSES  # noqa: E402
+from consentry.provenance.watermark import Watermarker, false_positive_bound  # noqa: E402
+from consentry.provenance.wm_spread import CANDIDATES_PER_SCALE, MAX_SCALE_GUESSES  # noqa: E402
 
 
 def _bits(data: bytes) -> np.ndarray:

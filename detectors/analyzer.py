@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from consentry.detectors.align import align_faces
+from consentry.detectors.detection import DetectedFace, FaceDetector
+from consentry.detectors.embedders import Embedder
 from PIL import Image
-
-from detectors.align import align_faces
-from detectors.detection import DetectedFace, FaceDetector
-from detectors.embedders import Embedder
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Literal, NoReturn
 
 import numpy as np
-
-from policies.errors import ConfigurationError
+from consentry.policies.errors import ConfigurationError
 
 Wrapper = Literal["layer", "tag", "skip"]
 """Kinds of network wrapper, top to bottom; the last ``layer`` is the one over the input."""

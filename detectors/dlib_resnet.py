@@ -26,9 +26,7 @@ from typing import NoReturn
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from detectors.dlib_dat import (
+from consentry.detectors.dlib_dat import (
     AddPrev,
     Affine,
     Conv,
@@ -40,7 +38,8 @@ from detectors.dlib_dat import (
     Wrapper,
     load_dlib_network,
 )
-from policies.errors import ConfigurationError
+from consentry.policies.errors import ConfigurationError
+from torch import nn
 
 # (filters, is_down) for every residual block, input side first (alevel4 ... alevel0).
 _BLOCKS: tuple[tuple[int, bool], ...] = (

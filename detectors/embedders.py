@@ -12,9 +12,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-
-from detectors.dlib_resnet import EMBEDDING_DIM, DlibResNet, load_dlib_resnet
-from policies.errors import BadInputError, ConfigurationError, StageError
+from consentry.detectors.dlib_resnet import EMBEDDING_DIM, DlibResNet, load_dlib_resnet
+from consentry.policies.errors import BadInputError, ConfigurationError, StageError
 
 
 @runtime_checkable

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from detectors.analyzer import AnalyzedImage
-from detectors.index import IdentityIndex, normalise
-from policies.errors import BadInputError, ConflictError
+from consentry.detectors.analyzer import AnalyzedImage
+from consentry.detectors.index import IdentityIndex, normalise
+from consentry.policies.errors import BadInputError, ConflictError
 
 
 def face_size(box: tuple[float, float, float, float]) -> float:

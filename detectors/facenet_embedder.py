@@ -11,10 +11,9 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from consentry.detectors.embedders import resolve_device
+from consentry.policies.errors import BadInputError, ConfigurationError, StageError
 from facenet_pytorch import InceptionResnetV1
-
-from detectors.embedders import resolve_device
-from policies.errors import BadInputError, ConfigurationError, StageError
 
 
 class FacenetEmbedder:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from detectors.index import IdentityScores
-from policies import decision as codes
-from policies.decision import Verdict
+from consentry.detectors.index import IdentityScores
+from consentry.policies import decision as codes
+from consentry.policies.decision import Verdict
 
 
 def _scores(subject_best: float, other_best: float, faces: int) -> dict[str, float]:

@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 import tomli_w
-
-from detectors.analyzer import FaceAnalyzer
-from detectors.calibration import (
+from consentry.detectors.analyzer import FaceAnalyzer
+from consentry.detectors.calibration import (
     STANDARD_FARS,
     ChosenThreshold,
     FarPoint,
@@ -38,9 +37,9 @@ from detectors.calibration import (
     roc_curve,
     tar_at_fars,
 )
-from detectors.detection import DetectedFace
-from detectors.images import decode_image
-from policies.errors import BadInputError, ConfigurationError, ConsentryError
+from consentry.detectors.detection import DetectedFace
+from consentry.detectors.images import decode_image
+from consentry.policies.errors import BadInputError, ConfigurationError, ConsentryError
 
 BATCH = 16  # photos per analyzer call: large enough to batch, small enough to bound memory
 

@@ -15,9 +15,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-
-from gateway.calibrate import CalibrationResult
-from policies.errors import ConsentryError
+from consentry.gateway.calibrate import CalibrationResult
+from consentry.policies.errors import ConsentryError
 
 W, H = 640, 360
 LEFT, RIGHT, TOP, BOTTOM = 60, 20, 20, 50  # plot margins in px

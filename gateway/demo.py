@@ -13,14 +13,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from consentry.gateway.schemas import EnrollRequest, GenerateRequest, GrantRequest
+from consentry.gateway.service import Gate, Release
+from consentry.gateway.storage.principals import LOCAL_ACTOR, PrincipalView
+from consentry.policies.config import Settings
+from consentry.policies.errors import ConfigurationError, ConsentryError
 from PIL import Image, ImageEnhance, ImageOps
 from skimage import data as skdata
-
-from gateway.schemas import EnrollRequest, GenerateRequest, GrantRequest
-from gateway.service import Gate, Release
-from gateway.storage.principals import LOCAL_ACTOR, PrincipalView
-from policies.config import Settings
-from policies.errors import ConfigurationError, ConsentryError
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +73,9 @@ def print_table(stories: list[Story]) -> None:
 
 
 async def run_demo(settings: Settings, out: Path | None) -> int:
-    from gateway.wiring import open_gate
-    from generation.tiny import build_tiny_pipeline
-    from provenance.keys import init_dev_keys, load_signing_material
+    from consentry.gateway.wiring import open_gate
+    from consentry.generation.tiny import build_tiny_pipeline
+    from consentry.provenance.keys import init_dev_keys, load_signing_material
 
     assert settings.keys_dir is not None and settings.model_dir is not None
     try:

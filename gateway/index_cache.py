@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
-from detectors.index import IdentityIndex
-from gateway.storage.subjects import Subjects
+from consentry.detectors.index import IdentityIndex
+from consentry.gateway.storage.subjects import Subjects
 
 
 class IndexCache:

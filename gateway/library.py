@@ -20,20 +20,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from consentry.detectors.analyzer import FaceAnalyzer
+from consentry.detectors.clustering import cluster_embeddings
+from consentry.detectors.enrollment import face_size
+from consentry.detectors.images import DECODABLE_FORMATS, decode_image
+from consentry.gateway.schemas import EnrollRequest
+from consentry.gateway.storage.principals import LOCAL_ACTOR, PrincipalView
+from consentry.gateway.storage.subjects import IdentityView
+from consentry.policies.config import Settings
+from consentry.policies.errors import BadInputError, ConsentryError
 from PIL import Image, ImageDraw, ImageFont
 
-from detectors.analyzer import FaceAnalyzer
-from detectors.clustering import cluster_embeddings
-from detectors.enrollment import face_size
-from detectors.images import DECODABLE_FORMATS, decode_image
-from gateway.schemas import EnrollRequest
-from gateway.storage.principals import LOCAL_ACTOR, PrincipalView
-from gateway.storage.subjects import IdentityView
-from policies.config import Settings
-from policies.errors import BadInputError, ConsentryError
-
 if TYPE_CHECKING:
-    from gateway.service import Gate
+    from consentry.gateway.service import Gate
 
 # Every file extension Pillow maps to a format we decode (".jpg", ".jpeg", ".png", ".webp", ...).
 IMAGE_SUFFIXES = frozenset(

@@ -6,17 +6,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from consentry.gateway.problems import HANDLERS
+from consentry.gateway.routes import CONTROLLERS, provide_principal
+from consentry.gateway.service import Gate
+from consentry.policies.config import Settings
 from litestar import Litestar, Router
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPluginProtocol
-
-from gateway.problems import HANDLERS
-from gateway.routes import CONTROLLERS, provide_principal
-from gateway.service import Gate
-from policies.config import Settings
 
 
 @dataclass
@@ -44,7 +43,7 @@ class ConsentryPlugin(InitPluginProtocol):
         async def lifespan(app: Litestar) -> AsyncIterator[None]:
             # Models load once per process, here, not per request.
             if cfg.gate_factory is None:
-                from gateway.wiring import open_gate, quiet_libraries
+                from consentry.gateway.wiring import open_gate, quiet_libraries
 
                 quiet_libraries()
                 factory: Callable[[Settings], Awaitable[Gate]] = open_gate

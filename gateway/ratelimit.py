@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from policies.errors import RateLimitedError
+from consentry.policies.errors import RateLimitedError
 
 
 class TokenBuckets:

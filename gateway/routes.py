@@ -5,13 +5,18 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from consentry.gateway.schemas import (
+    EnrollRequest,
+    GenerateRequest,
+    GrantRequest,
+    PrincipalRequest,
+    VerifyRequest,
+)
+from consentry.gateway.service import Gate
+from consentry.gateway.storage.principals import PrincipalView
+from consentry.policies.roles import Action, require
 from litestar import Controller, Request, get, post
 from litestar.params import Parameter
-
-from gateway.schemas import EnrollRequest, GenerateRequest, GrantRequest, PrincipalRequest, VerifyRequest
-from gateway.service import Gate
-from gateway.storage.principals import PrincipalView
-from policies.roles import Action, require
 
 
 async def provide_principal(request: Request[Any, Any, Any], gate: Gate) -> PrincipalView:

@@ -17,32 +17,31 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
+from consentry.detectors.analyzer import FaceAnalyzer
+from consentry.detectors.enrollment import enrollment_templates
+from consentry.detectors.images import decode_image
+from consentry.gateway.index_cache import IndexCache
+from consentry.gateway.pipeline import GateContext, Pipeline
+from consentry.gateway.ratelimit import TokenBuckets
+from consentry.gateway.schemas import EnrollRequest, GenerateRequest, GrantRequest, decode_b64
+from consentry.gateway.storage.audit_log import AuditLog
+from consentry.gateway.storage.db import Database
+from consentry.gateway.storage.principals import Principals, PrincipalView
+from consentry.gateway.storage.records import Records
+from consentry.gateway.storage.subjects import IdentityView, Subjects
+from consentry.gateway.storage.tables import GenerationRecord
+from consentry.gateway.storage.vault import TemplateVault, load_master_key
+from consentry.gateway.verification import ProvenanceVerifier
+from consentry.generation.base import Generator
+from consentry.policies.config import Settings
+from consentry.policies.consent import GrantTerms
+from consentry.policies.decision import Decision
+from consentry.policies.errors import BadInputError, NotFoundError, RefusedError, StageError
+from consentry.policies.roles import Action, require
+from consentry.provenance.audit import ChainedEvent, ChainReport
+from consentry.provenance.audit_signing import AuditSigner
+from consentry.provenance.watermark import Watermarker
 from PIL import Image
-
-from detectors.analyzer import FaceAnalyzer
-from detectors.enrollment import enrollment_templates
-from detectors.images import decode_image
-from gateway.index_cache import IndexCache
-from gateway.pipeline import GateContext, Pipeline
-from gateway.ratelimit import TokenBuckets
-from gateway.schemas import EnrollRequest, GenerateRequest, GrantRequest, decode_b64
-from gateway.storage.audit_log import AuditLog
-from gateway.storage.db import Database
-from gateway.storage.principals import Principals, PrincipalView
-from gateway.storage.records import Records
-from gateway.storage.subjects import IdentityView, Subjects
-from gateway.storage.tables import GenerationRecord
-from gateway.storage.vault import TemplateVault, load_master_key
-from gateway.verification import ProvenanceVerifier
-from generation.base import Generator
-from policies.config import Settings
-from policies.consent import GrantTerms
-from policies.decision import Decision
-from policies.errors import BadInputError, NotFoundError, RefusedError, StageError
-from policies.roles import Action, require
-from provenance.audit import ChainedEvent, ChainReport
-from provenance.audit_signing import AuditSigner
-from provenance.watermark import Watermarker
 
 
 class ModelSource(Protocol):

@@ -13,20 +13,19 @@ import io
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+from consentry.detectors.analyzer import FaceAnalyzer
+from consentry.detectors.index import IdentityScores
+from consentry.detectors.verification import judge_outputs, judge_references
+from consentry.gateway.index_cache import IndexCache
+from consentry.gateway.pipeline import GateContext
+from consentry.gateway.storage.subjects import Subjects
+from consentry.generation.base import GenerationJob, Generator
+from consentry.policies.consent import evaluate_consent
+from consentry.policies.decision import Verdict
+from consentry.provenance.keys import SigningMaterial
+from consentry.provenance.manifest import ManifestInfo, sign_image
+from consentry.provenance.watermark import Watermarker
 from PIL import Image
-
-from detectors.analyzer import FaceAnalyzer
-from detectors.index import IdentityScores
-from detectors.verification import judge_outputs, judge_references
-from gateway.index_cache import IndexCache
-from gateway.pipeline import GateContext
-from gateway.storage.subjects import Subjects
-from generation.base import GenerationJob, Generator
-from policies.consent import evaluate_consent
-from policies.decision import Verdict
-from provenance.keys import SigningMaterial
-from provenance.manifest import ManifestInfo, sign_image
-from provenance.watermark import Watermarker
 
 POLICY_VERSION = "2026-11.1"
 

@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 from typing import Any
 
-from detectors.images import decode_image, sniff_mime
-from gateway.storage.records import Records
-from policies.config import Settings
-from policies.errors import BadInputError, ConfigurationError
-from provenance.keys import load_signing_material
-from provenance.manifest import read_manifest
-from provenance.watermark import Watermarker
+from consentry.detectors.images import decode_image, sniff_mime
+from consentry.gateway.storage.records import Records
+from consentry.policies.config import Settings
+from consentry.policies.errors import BadInputError, ConfigurationError
+from consentry.provenance.keys import load_signing_material
+from consentry.provenance.manifest import read_manifest
+from consentry.provenance.watermark import Watermarker
 
 
 def read_c2pa(data: bytes, mime: str, anchors: str | None) -> dict[str, Any]:

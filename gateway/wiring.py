@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import threading
 
+from consentry.detectors.analyzer import FaceAnalyzer
+from consentry.detectors.detection import FaceDetector
+from consentry.detectors.embedders import DlibResNetEmbedder, Embedder
+from consentry.detectors.facenet_embedder import FacenetEmbedder
+from consentry.gateway import __version__, stages
+from consentry.gateway.pipeline import Pipeline
+from consentry.gateway.service import Gate
+from consentry.gateway.storage.db import Database
+from consentry.generation.base import Generator
+from consentry.generation.diffusers_backend import DiffusersTextToImage
+from consentry.policies.config import EmbedderKind, Settings, UnknownFaces
+from consentry.policies.errors import ConfigurationError
+from consentry.provenance.keys import load_signing_material
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
-
-from detectors.analyzer import FaceAnalyzer
-from detectors.detection import FaceDetector
-from detectors.embedders import DlibResNetEmbedder, Embedder
-from detectors.facenet_embedder import FacenetEmbedder
-from gateway import __version__, stages
-from gateway.pipeline import Pipeline
-from gateway.service import Gate
-from gateway.storage.db import Database
-from generation.base import Generator
-from generation.diffusers_backend import DiffusersTextToImage
-from policies.config import EmbedderKind, Settings, UnknownFaces
-from policies.errors import ConfigurationError
-from provenance.keys import load_signing_material
 
 
 def build_analyzer(settings: Settings) -> FaceAnalyzer:

@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from consentry.policies.errors import BadInputError
 from PIL import Image
-
-from policies.errors import BadInputError
 
 INVALID_PARAMS = "generation.invalid_params"
 

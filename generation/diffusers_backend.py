@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from generation.base import GenerationJob, GenerationOutput
-from policies.errors import ConfigurationError, ConsentryError, StageError
+from consentry.generation.base import GenerationJob, GenerationOutput
+from consentry.policies.errors import ConfigurationError, ConsentryError, StageError
 
 logger = logging.getLogger(__name__)
 

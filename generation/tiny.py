@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from generation.diffusers_backend import MARKER_FILE
-from policies.errors import BadInputError, ConfigurationError, ConflictError
+from consentry.generation.diffusers_backend import MARKER_FILE
+from consentry.policies.errors import BadInputError, ConfigurationError, ConflictError
 
 BUILT_BY = "consentry models tiny"
 # Bumped when the layout of a tiny build changes, so old builds can be told apart.

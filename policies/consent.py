@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from policies import decision as codes
-from policies.decision import Verdict
+from consentry.policies import decision as codes
+from consentry.policies.decision import Verdict
 
 
 class Purpose(StrEnum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from policies.errors import ForbiddenError
+from consentry.policies.errors import ForbiddenError
 
 
 class Role(StrEnum):

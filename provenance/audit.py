@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from provenance.audit_signing import signature_ok
+from consentry.provenance.audit_signing import signature_ok
 
 GENESIS = "0" * 64
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from provenance.audit import ChainedEvent
+from consentry.provenance.audit import ChainedEvent
 
 CSV_FIELDS = ["seq", "ts", "kind", "decision", "principal_id", "identity_id", "request_id", "hash", "body"]
 

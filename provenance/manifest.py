@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import c2pa
-
-from policies.errors import BadInputError, ConsentryError, InvalidImageError, StageError
+from consentry.policies.errors import BadInputError, ConsentryError, InvalidImageError, StageError
 
 CONSENT_LABEL = "org.consentry.consent"
 GENERATION_LABEL = "org.consentry.generation"

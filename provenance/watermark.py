@@ -25,19 +25,18 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from numpy.typing import NDArray
-from PIL import Image
-
-from policies.decision import WATERMARK_FAILED
-from policies.errors import BadInputError, StageError
-from provenance.wm_codes import CODED_BITS, PAYLOAD_BYTES, PayloadCode
-from provenance.wm_spread import (
+from consentry.policies.decision import WATERMARK_FAILED
+from consentry.policies.errors import BadInputError, StageError
+from consentry.provenance.wm_codes import CODED_BITS, PAYLOAD_BYTES, PayloadCode
+from consentry.provenance.wm_spread import (
     CANDIDATES_PER_SCALE,
     MAX_SCALE_GUESSES,
     MIN_DECODE_SIDE,
     Candidates,
     TiledSpreadSpectrum,
 )
+from numpy.typing import NDArray
+from PIL import Image
 
 __all__ = [
     "ALGORITHM",

@@ -33,9 +33,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from consentry.provenance.wm_scale import best_scales
 from numpy.typing import NDArray
-
-from provenance.wm_scale import best_scales
 
 TILE = 128
 BAND = (0.14, 0.25)  # cycles per pixel

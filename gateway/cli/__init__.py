@@ -12,11 +12,10 @@ import os
 import sys
 from collections.abc import Sequence
 
+from consentry.gateway.cli import consent_cmds, gate_cmds, setup_cmds, watermark_cmds
+from consentry.gateway.cli.parser import build
+from consentry.policies.errors import ConsentryError, RefusedError, StageError
 from pydantic import ValidationError
-
-from gateway.cli import consent_cmds, gate_cmds, setup_cmds, watermark_cmds
-from gateway.cli.parser import build
-from policies.errors import ConsentryError, RefusedError, StageError
 
 HANDLERS = {
     "demo": setup_cmds.cmd_demo,
@@ -42,7 +41,7 @@ HANDLERS = {
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CONSENTRY_LOG_LEVEL", "WARNING"))
     args = build(HANDLERS).parse_args(argv)
-    from gateway.wiring import quiet_libraries
+    from consentry.gateway.wiring import quiet_libraries
 
     quiet_libraries()
     try:

@@ -8,11 +8,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from consentry.gateway.storage.principals import LOCAL_ACTOR
+from consentry.policies.config import Settings
+from consentry.policies.errors import BadInputError, ConsentryError
 from pydantic import ValidationError
-
-from gateway.storage.principals import LOCAL_ACTOR
-from policies.config import Settings
-from policies.errors import BadInputError, ConsentryError
 
 __all__ = ["LOCAL_ACTOR", "b64_file", "load_settings", "parse_time", "read_file", "with_gate"]
 
@@ -45,7 +44,7 @@ def parse_time(text: str | None) -> datetime | None:
 
 
 async def with_gate(fn: Callable[[Any], Awaitable[int]]) -> int:
-    from gateway.wiring import open_gate
+    from consentry.gateway.wiring import open_gate
 
     gate = await open_gate(load_settings())
     try:

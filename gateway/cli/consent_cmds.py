@@ -9,8 +9,8 @@ import json
 import sys
 from typing import Any
 
-from gateway.cli.common import LOCAL_ACTOR, b64_file, parse_time, read_file, with_gate
-from policies.errors import BadInputError
+from consentry.gateway.cli.common import LOCAL_ACTOR, b64_file, parse_time, read_file, with_gate
+from consentry.policies.errors import BadInputError
 
 
 def cmd_principal_add(args: argparse.Namespace) -> int:
@@ -24,12 +24,12 @@ def cmd_principal_add(args: argparse.Namespace) -> int:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from gateway.schemas import EnrollRequest
+    from consentry.gateway.schemas import EnrollRequest
 
     if args.library:
         if args.photos:
             raise BadInputError("give photo files or --library, not both", code="input.invalid")
-        from gateway.cli.library_cmd import cmd_enroll_library
+        from consentry.gateway.cli.library_cmd import cmd_enroll_library
 
         return cmd_enroll_library(args)
     if not args.photos or not args.label:
@@ -45,7 +45,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_grant(args: argparse.Namespace) -> int:
-    from gateway.schemas import GrantRequest
+    from consentry.gateway.schemas import GrantRequest
 
     text = read_file(args.consent_text) if args.consent_text else b"consentry default consent text v1"
     req = GrantRequest(

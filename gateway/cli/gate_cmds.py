@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import b64_file, load_settings, parse_time, with_gate
-from policies.errors import BadInputError
+from consentry.gateway.cli.common import b64_file, load_settings, parse_time, with_gate
+from consentry.policies.errors import BadInputError
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from gateway.schemas import GenerateRequest
+    from consentry.gateway.schemas import GenerateRequest
 
     req = GenerateRequest(
         subject_id=args.subject,
@@ -46,7 +46,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(report, indent=2, default=str))
         else:
-            from gateway.render import provenance_text
+            from consentry.gateway.render import provenance_text
 
             print(provenance_text(report))
         return 0
@@ -68,7 +68,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    from provenance.audit_export import AuditFilter, export_lines
+    from consentry.provenance.audit_export import AuditFilter, export_lines
 
     flt = AuditFilter(
         identity_id=args.identity,
@@ -103,10 +103,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     ``--write-config`` without a file writes the file Settings reads (``config_file()``).
     Nothing is written unless the whole measurement succeeded.
     """
-    from gateway.calibrate import calibrate, scan_photos, write_match_threshold
-    from gateway.calibrate_report import summary_text, write_report
-    from gateway.wiring import build_analyzer
-    from policies.config import config_file
+    from consentry.gateway.calibrate import calibrate, scan_photos, write_match_threshold
+    from consentry.gateway.calibrate_report import summary_text, write_report
+    from consentry.gateway.wiring import build_analyzer
+    from consentry.policies.config import config_file
 
     settings = load_settings()
     root = Path(args.dir)

@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import load_settings, with_gate
-from gateway.library import (
+from consentry.gateway.cli.common import load_settings, with_gate
+from consentry.gateway.library import (
     FaceGroup,
     enroll_group,
     enrollment_photos,
@@ -24,7 +24,7 @@ from gateway.library import (
     scan_library,
     write_contact_sheets,
 )
-from policies.errors import BadInputError
+from consentry.policies.errors import BadInputError
 
 # Beyond this many, the listing stops (a big library has many one-face groups); every group
 # still has its sheet and can be picked by number.

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from policies.consent import Purpose
+from consentry.policies.consent import Purpose
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -6,12 +6,12 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from gateway.cli.common import load_settings
-from gateway.storage.db import Database
+from consentry.gateway.cli.common import load_settings
+from consentry.gateway.storage.db import Database
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
-    from provenance.keys import init_dev_keys
+    from consentry.provenance.keys import init_dev_keys
 
     settings = load_settings()
     assert settings.keys_dir is not None
@@ -23,7 +23,7 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
 
 def cmd_models_tiny(args: argparse.Namespace) -> int:
-    from generation.tiny import build_tiny_pipeline
+    from consentry.generation.tiny import build_tiny_pipeline
 
     settings = load_settings()
     out = Path(args.dir) if args.dir else settings.model_dir
@@ -49,12 +49,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     asyncio.run(migrate())
     uvicorn.run(
-        "gateway.plugin:create_app", factory=True, host=args.host, port=args.port, workers=args.workers
+        "consentry.gateway.plugin:create_app", factory=True, host=args.host, port=args.port, workers=args.workers
     )
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from consentry.gateway.demo import run_demo
 
     return asyncio.run(run_demo(load_settings(), Path(args.out) if args.out else None))

@@ -8,19 +8,19 @@ import json
 import secrets
 from pathlib import Path
 
-from gateway.cli.common import load_settings, read_file
-from policies.errors import BadInputError
+from consentry.gateway.cli.common import load_settings, read_file
+from consentry.policies.errors import BadInputError
 
 
 def _image(path: str):  # type: ignore[no-untyped-def]
-    from detectors.images import decode_image
+    from consentry.detectors.images import decode_image
 
     s = load_settings()
     return decode_image(read_file(path), max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
 
 
 def cmd_watermark_embed(args: argparse.Namespace) -> int:
-    from provenance.watermark import Watermarker
+    from consentry.provenance.watermark import Watermarker
 
     try:
         payload = bytes.fromhex(args.payload) if args.payload else secrets.token_bytes(8)
@@ -42,7 +42,7 @@ def cmd_watermark_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_watermark_decode(args: argparse.Namespace) -> int:
-    from provenance.watermark import Watermarker
+    from consentry.provenance.watermark import Watermarker
 
     reading = Watermarker().decode(_image(args.input))
     result = {

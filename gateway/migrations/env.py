@@ -2,8 +2,7 @@
 which hands over a live (sync-facing) connection of the async engine."""
 
 from alembic import context
-
-from gateway.storage.tables import Base
+from consentry.gateway.storage.tables import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)

@@ -13,16 +13,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from consentry.gateway.storage.db import Database
+from consentry.gateway.storage.tables import AuditCheckpoint, AuditEvent, AuditHead
+from consentry.policies.errors import StageError
+from consentry.provenance.audit import (
+    GENESIS,
+    ChainedEvent,
+    ChainReport,
+    SignedPoint,
+    seal,
+    verify_signed_log,
+)
+from consentry.provenance.audit_signing import AuditSigner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from gateway.storage.db import Database
-from gateway.storage.tables import AuditCheckpoint, AuditEvent, AuditHead
-from policies.errors import StageError
-from provenance.audit import GENESIS, ChainedEvent, ChainReport, SignedPoint, seal, verify_signed_log
-from provenance.audit_signing import AuditSigner
 
 ADVISORY_KEY = 0x636F6E73  # "cons"
 RETRIES = 5

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from consentry.gateway.storage.db import Database
+from consentry.gateway.storage.tables import GenerationRecord
 from sqlalchemy import select
-
-from gateway.storage.db import Database
-from gateway.storage.tables import GenerationRecord
 
 
 @dataclass(frozen=True, slots=True)

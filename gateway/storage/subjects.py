@@ -10,17 +10,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from consentry.gateway.storage.audit_log import AuditLog
+from consentry.gateway.storage.db import Database
+from consentry.gateway.storage.principals import new_id
+from consentry.gateway.storage.tables import GenerationRecord, Grant, Identity, Principal, Template
+from consentry.gateway.storage.vault import TemplateVault
+from consentry.policies.consent import GrantTerms, Purpose
+from consentry.policies.errors import BadInputError, ConflictError, NotFoundError
+from consentry.provenance.audit import ChainedEvent
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from gateway.storage.audit_log import AuditLog
-from gateway.storage.db import Database
-from gateway.storage.principals import new_id
-from gateway.storage.tables import GenerationRecord, Grant, Identity, Principal, Template
-from gateway.storage.vault import TemplateVault
-from policies.consent import GrantTerms, Purpose
-from policies.errors import BadInputError, ConflictError, NotFoundError
-from provenance.audit import ChainedEvent
 
 
 @dataclass(frozen=True, slots=True)

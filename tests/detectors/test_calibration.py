@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from detectors.calibration import (
+from consentry.detectors.calibration import (
     best_accuracy,
     choose_threshold,
     operating_point,

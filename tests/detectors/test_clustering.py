@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 import pytest
-
-from detectors.clustering import Clustering, cluster_embeddings, completeness, purity
+from consentry.detectors.clustering import Clustering, cluster_embeddings, completeness, purity
 
 
 def people(rng: np.random.Generator, sizes: list[int], dim: int = 128, noise: float = 0.04) -> tuple:

@@ -14,17 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from detectors.align import (
+from consentry.detectors.align import (
     LANDMARK_WEIGHTS,
     align_faces,
     estimate_similarity,
     face_template,
     warp_chip,
 )
-from detectors.detection import DetectedFace, FaceDetector
-from policies.errors import BadInputError, ConfigurationError
+from consentry.detectors.detection import DetectedFace, FaceDetector
+from consentry.policies.errors import BadInputError, ConfigurationError
+from PIL import Image
 
 dlib = pytest.importorskip("dlib")
 

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from consentry.detectors.dlib_resnet import (
+    default_dlib_weights,
+    face_recognition_models_file,
+    load_dlib_resnet,
+)
+from consentry.detectors.embedders import DlibResNetEmbedder, Embedder
+from consentry.policies.errors import BadInputError, ConfigurationError
 from PIL import Image
-
-from detectors.dlib_resnet import default_dlib_weights, face_recognition_models_file, load_dlib_resnet
-from detectors.embedders import DlibResNetEmbedder, Embedder
-from policies.errors import BadInputError, ConfigurationError
 
 dlib = pytest.importorskip("dlib")
 

@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from consentry.detectors.facenet_embedder import FacenetEmbedder
+from consentry.gateway.wiring import build_analyzer
+from consentry.policies.config import Settings
+from consentry.policies.errors import ConfigurationError
 from facenet_pytorch import InceptionResnetV1
 from PIL import Image
-
-from detectors.facenet_embedder import FacenetEmbedder
-from gateway.wiring import build_analyzer
-from policies.config import Settings
-from policies.errors import ConfigurationError
 
 
 @pytest.fixture(scope="module")

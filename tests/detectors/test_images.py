@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from consentry.detectors.images import decode_image, sniff_mime
+from consentry.policies.errors import ConfigurationError, ImageTooLargeError, InvalidImageError
 from PIL import Image, ImageFile
-
-from detectors.images import decode_image, sniff_mime
-from policies.errors import ConfigurationError, ImageTooLargeError, InvalidImageError
 
 LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 40_000_000}
 

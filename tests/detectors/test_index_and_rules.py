@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from detectors.index import IdentityIndex, normalise
-from detectors.verification import judge_outputs, judge_references
+from consentry.detectors.index import IdentityIndex, normalise
+from consentry.detectors.verification import judge_outputs, judge_references
 
 RNG = np.random.default_rng(7)
 

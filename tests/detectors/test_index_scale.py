@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from detectors.index import IdentityIndex
+from consentry.detectors.index import IdentityIndex
 
 IDENTITIES = 10_000
 TOLERANCE = 1e-5

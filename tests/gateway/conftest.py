@@ -14,13 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+from consentry.gateway.plugin import ConsentryConfig, create_app
+from consentry.gateway.service import Gate
+from consentry.generation.tiny import build_tiny_pipeline
+from consentry.policies.config import Settings
+from consentry.provenance.keys import init_dev_keys
 from litestar import Litestar
-
-from gateway.plugin import ConsentryConfig, create_app
-from gateway.service import Gate
-from generation.tiny import build_tiny_pipeline
-from policies.config import Settings
-from provenance.keys import init_dev_keys
 
 
 class AppClient(httpx.AsyncClient):
@@ -93,7 +92,7 @@ async def admin_key(client: AppClient) -> str:
 @pytest.fixture(scope="session")
 def shared_models(tiny_model: Path):  # type: ignore[no-untyped-def]
     """One analyzer and one generator for tests that open many gates (one per database)."""
-    from gateway.wiring import build_analyzer, build_generator
+    from consentry.gateway.wiring import build_analyzer, build_generator
 
     settings = Settings(model_dir=tiny_model, device="cpu")
     generator = build_generator(settings)
@@ -106,7 +105,7 @@ async def db_client(
     database_url: str, tmp_path: Path, tiny_model: Path, dev_keys: Path, shared_models
 ) -> AsyncIterator[AppClient]:  # type: ignore[no-untyped-def]
     """A gateway on a fresh SQLite or PostgreSQL database (parametrized), sharing loaded models."""
-    from gateway.wiring import open_gate
+    from consentry.gateway.wiring import open_gate
 
     analyzer, generator = shared_models
     settings = Settings(

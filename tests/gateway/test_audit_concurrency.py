@@ -7,19 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from consentry.gateway.storage.audit_log import AuditLog
+from consentry.gateway.storage.db import Database
+from consentry.provenance.audit_signing import AuditSigner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from gateway.storage.audit_log import AuditLog
-from gateway.storage.db import Database
-from provenance.audit_signing import AuditSigner
 
 WORKER = """
 import asyncio, sys
 from cryptography.hazmat.primitives import serialization
-from gateway.storage.audit_log import AuditLog
-from gateway.storage.db import Database
-from provenance.audit_signing import AuditSigner
+from consentry.gateway.storage.audit_log import AuditLog
+from consentry.gateway.storage.db import Database
+from consentry.provenance.audit_signing import AuditSigner
 
 async def main(url, key_path, worker, n):
     key = serialization.load_pem_private_key(open(key_path, "rb").read(), password=None)

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from consentry.gateway.calibrate import write_match_threshold
+from consentry.gateway.cli import main
+from consentry.policies.config import Settings
+from consentry.policies.errors import ConfigurationError
 from PIL import Image
-
-from gateway.calibrate import write_match_threshold
-from gateway.cli import main
-from policies.config import Settings
-from policies.errors import ConfigurationError
 
 ORIGINAL_CONFIG = 'device = "cpu"\nstage_timeout_s = 77.0\ndeny_terms = ["nude", "gore"]\n'
 

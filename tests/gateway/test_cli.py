@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from gateway.cli import main
+from consentry.gateway.cli import main
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from gateway.cli import main
+from consentry.gateway.cli import main
 
 
 def test_demo_runs_offline_and_releases_one_image(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]

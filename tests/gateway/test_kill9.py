@@ -54,7 +54,7 @@ def serve(env: dict[str, str], cwd: Path) -> Iterator[tuple[subprocess.Popen[byt
     """``consentry serve`` until it answers /health; killed (the whole group) on the way out."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--host", HOST, "--port", str(port), "--workers", "1"],
+        [sys.executable, "-m", "consentry.gateway.cli", "serve", "--host", HOST, "--port", str(port), "--workers", "1"],
         env=env,
         cwd=cwd,
         stdout=subprocess.DEVNULL,
@@ -167,7 +167,7 @@ def test_kill9_mid_generation_leaves_no_unaudited_image(
 
     with serve(env, tmp_path) as (_, url), httpx.Client(base_url=url, timeout=60) as client:
         done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "audit", "verify", "--json"],
+            [sys.executable, "-m", "consentry.gateway.cli", "audit", "verify", "--json"],
             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
@@ -189,8 +189,8 @@ def _post(url: str, body: dict[str, object], headers: dict[str, str]) -> object:
 
 async def bootstrap(data: Path, tiny_model: Path, dev_keys: Path) -> tuple[str, str]:
     """Create the admin and the requester locally (as ``consentry principal add`` does)."""
-    from gateway.wiring import open_gate
-    from policies.config import Settings
+    from consentry.gateway.wiring import open_gate
+    from consentry.policies.config import Settings
 
     db = f"sqlite+aiosqlite:///{data / 'consentry.db'}"
     settings = Settings(data_dir=data, database_url=db, model_dir=tiny_model, keys_dir=dev_keys, device="cpu")

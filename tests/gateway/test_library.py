@@ -19,12 +19,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from PIL import Image
-
-from detectors.clustering import completeness, purity
-from detectors.enrollment import face_size
-from gateway.cli.library_cmd import cmd_enroll_library
-from gateway.library import (
+from consentry.detectors.clustering import completeness, purity
+from consentry.detectors.enrollment import face_size
+from consentry.gateway.cli.library_cmd import cmd_enroll_library
+from consentry.gateway.library import (
     FaceGroup,
     LibraryFace,
     LibraryScan,
@@ -34,10 +32,11 @@ from gateway.library import (
     scan_library,
     write_contact_sheets,
 )
-from gateway.service import Gate
-from gateway.wiring import open_gate
-from policies.config import Settings
-from policies.errors import BadInputError, ConflictError
+from consentry.gateway.service import Gate
+from consentry.gateway.wiring import open_gate
+from consentry.policies.config import Settings
+from consentry.policies.errors import BadInputError, ConflictError
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the gate fixture lives in that loop

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-
-from gateway.plugin import ConsentryConfig, create_app
-from gateway.wiring import open_gate
-from policies.config import Settings
+from consentry.gateway.plugin import ConsentryConfig, create_app
+from consentry.gateway.wiring import open_gate
+from consentry.policies.config import Settings
 
 
 def free_port() -> int:

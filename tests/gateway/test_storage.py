@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from consentry.gateway.storage.audit_log import AuditLog
+from consentry.gateway.storage.db import MIGRATIONS, Database
+from consentry.gateway.storage.principals import Principals
+from consentry.gateway.storage.subjects import Subjects
+from consentry.gateway.storage.vault import TemplateVault
+from consentry.policies.errors import AuthError, ConflictError, NotFoundError
+from consentry.provenance.audit_signing import AuditSigner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
-
-from gateway.storage.audit_log import AuditLog
-from gateway.storage.db import MIGRATIONS, Database
-from gateway.storage.principals import Principals
-from gateway.storage.subjects import Subjects
-from gateway.storage.vault import TemplateVault
-from policies.errors import AuthError, ConflictError, NotFoundError
-from provenance.audit_signing import AuditSigner
 
 
 @pytest.fixture

@@ -14,17 +14,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from generation.base import GenerationJob, GenerationOutput, Generator
-from generation.diffusers_backend import MARKER_FILE, DiffusersTextToImage
-from generation.tiny import BUILT_BY, build_tiny_pipeline
-from policies.errors import (
+from consentry.generation.base import GenerationJob, GenerationOutput, Generator
+from consentry.generation.diffusers_backend import MARKER_FILE, DiffusersTextToImage
+from consentry.generation.tiny import BUILT_BY, build_tiny_pipeline
+from consentry.policies.errors import (
     BadInputError,
     ConfigurationError,
     ConflictError,
     StageError,
 )
+from PIL import Image
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from policies.consent import GrantTerms, denied_terms, evaluate_consent
-from policies.errors import ForbiddenError
-from policies.roles import PERMISSIONS, Action, Role, require
+from consentry.policies.consent import GrantTerms, denied_terms, evaluate_consent
+from consentry.policies.errors import ForbiddenError
+from consentry.policies.roles import PERMISSIONS, Action, Role, require
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 LIVE = GrantTerms(

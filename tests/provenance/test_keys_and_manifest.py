@@ -8,21 +8,14 @@ import stat
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.x509.oid import ExtendedKeyUsageOID
-from PIL import Image
-
-from policies.errors import (
+from consentry.policies.errors import (
     BadInputError,
     ConfigurationError,
     ConflictError,
     InvalidImageError,
     StageError,
 )
-from provenance.keys import (
+from consentry.provenance.keys import (
     CA_CERT_FILE,
     CHAIN_FILE,
     DOCUMENT_SIGNING,
@@ -31,12 +24,18 @@ from provenance.keys import (
     init_dev_keys,
     load_signing_material,
 )
-from provenance.manifest import (
+from consentry.provenance.manifest import (
     TRAINED_ALGORITHMIC_MEDIA,
     ManifestInfo,
     read_manifest,
     sign_image,
 )
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from PIL import Image
 
 GRANT_HASH = hashlib.sha256(b"grant-0001").hexdigest()
 

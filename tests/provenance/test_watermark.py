@@ -10,16 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance
-
-from policies.decision import WATERMARK_FAILED
-from policies.errors import BadInputError
-from provenance.watermark import (
+from consentry.policies.decision import WATERMARK_FAILED
+from consentry.policies.errors import BadInputError
+from consentry.provenance.watermark import (
     Watermarker,
     WatermarkNotDecodableError,
     false_positive_bound,
     simulate_redistribution,
 )
+from PIL import Image, ImageEnhance
 
 Attack = Callable[[Image.Image], Image.Image]
 

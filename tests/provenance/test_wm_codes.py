@@ -4,9 +4,7 @@ spectrum method finds a crop's offset."""
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
-
-from provenance.wm_codes import (
+from consentry.provenance.wm_codes import (
     CODED_BITS,
     GENERATORS,
     INFO_BITS,
@@ -15,7 +13,8 @@ from provenance.wm_codes import (
     conv_encode,
     viterbi_decode,
 )
-from provenance.wm_spread import TILE, TiledSpreadSpectrum
+from consentry.provenance.wm_spread import TILE, TiledSpreadSpectrum
+from PIL import Image
 
 
 def _reference_encode(bits: np.ndarray) -> np.ndarray:
