@@ -25,9 +25,10 @@ from common import (
 repo_on_path()
 
 import c2pa  # noqa: E402
+from PIL import Image  # noqa: E402
+
 from consentry.provenance.keys import init_dev_keys, load_signing_material  # noqa: E402
 from consentry.provenance.manifest import ManifestInfo, build_manifest, read_manifest, sign_image  # noqa: E402
-from PIL import Image  # noqa: E402
 
 
 def main() -> None:

@@ -38,9 +38,10 @@ IMPLS = ("ours", "ours_1t", "dlib")
 def load_chips(photos: Path) -> np.ndarray:
     """(N, 150, 150, 3) uint8: the centred face of every LFW photo, as the gate aligns it."""
     repo_on_path()
+    from PIL import Image
+
     from consentry.detectors.align import align_faces
     from consentry.detectors.detection import FaceDetector
-    from PIL import Image
 
     detector = FaceDetector(device="cpu")
     chips = []

@@ -41,11 +41,12 @@ from PIL import Image
 
 repo_on_path()
 import torch  # noqa: E402
+from facenet_pytorch import MTCNN  # noqa: E402
+
 from consentry.detectors.align import align_faces  # noqa: E402
 from consentry.detectors.analyzer import FaceAnalyzer  # noqa: E402
 from consentry.detectors.detection import DEFAULT_STAGE_THRESHOLDS, FaceDetector  # noqa: E402
 from consentry.detectors.embedders import DlibResNetEmbedder  # noqa: E402
-from facenet_pytorch import MTCNN  # noqa: E402
 
 GOAL_MS_BATCH1, GOAL_IMAGES_PER_S, GOAL_VS_STOCK = 8.0, 1500.0, 10.0
 STAGES = ("stock", "ours", "detect", "align", "embed")

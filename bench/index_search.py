@@ -45,6 +45,7 @@ from common import (
 
 repo_on_path()
 import torch  # noqa: E402
+
 from consentry.detectors.index import IdentityIndex, IdentityScores, normalise  # noqa: E402
 
 GOALS_MS = {"cpu": 60.0, "cuda": 2.0}

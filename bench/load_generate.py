@@ -124,9 +124,10 @@ DbState = tuple[int, int, dict[int, Any], dict[str, Any]]
 async def read_db(db_url: str, seqs: list[int]) -> DbState:
     """(event count, highest seq, events by seq, generation records by id), read directly."""
     repo_on_path()
+    from sqlalchemy import func, select
+
     from consentry.gateway.storage.db import Database
     from consentry.gateway.storage.tables import AuditEvent, GenerationRecord
-    from sqlalchemy import func, select
 
     db = Database(db_url)
     try:

@@ -20,8 +20,9 @@ from typing import Protocol
 
 import cv2
 import numpy as np
-from consentry.policies.errors import BadInputError
 from PIL import Image
+
+from consentry.policies.errors import BadInputError
 
 # Mean position of MTCNN's landmarks (left eye, right eye, nose, mouth left, mouth right, as
 # seen in the image) inside dlib's face chip of size 150, padding 0.25, in chip pixels. Derived

@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
+
 from consentry.detectors.align import align_faces
 from consentry.detectors.detection import DetectedFace, FaceDetector
 from consentry.detectors.embedders import Embedder
-from PIL import Image
 
 
 @dataclass(frozen=True, slots=True)

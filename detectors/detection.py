@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from consentry.detectors.embedders import resolve_device
-from consentry.policies.errors import ConfigurationError, StageError
 from facenet_pytorch import MTCNN
 from PIL import Image
+
+from consentry.detectors.embedders import resolve_device
+from consentry.policies.errors import ConfigurationError, StageError
 
 # Tuned on the shared test photos (groups at min_face_px=20, LFW at 40): every real face scored
 # >= 0.956 (the lowest, a bystander half cut off by an LFW frame edge; all others >= 0.99), while

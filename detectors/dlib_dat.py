@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal, NoReturn
 
 import numpy as np
+
 from consentry.policies.errors import ConfigurationError
 
 Wrapper = Literal["layer", "tag", "skip"]

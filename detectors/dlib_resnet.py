@@ -26,6 +26,8 @@ from typing import NoReturn
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from consentry.detectors.dlib_dat import (
     AddPrev,
     Affine,
@@ -39,7 +41,6 @@ from consentry.detectors.dlib_dat import (
     load_dlib_network,
 )
 from consentry.policies.errors import ConfigurationError
-from torch import nn
 
 # (filters, is_down) for every residual block, input side first (alevel4 ... alevel0).
 _BLOCKS: tuple[tuple[int, bool], ...] = (

@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
 from consentry.detectors.dlib_resnet import EMBEDDING_DIM, DlibResNet, load_dlib_resnet
 from consentry.policies.errors import BadInputError, ConfigurationError, StageError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from consentry.detectors.analyzer import AnalyzedImage
 from consentry.detectors.index import IdentityIndex, normalise
 from consentry.policies.errors import BadInputError, ConflictError

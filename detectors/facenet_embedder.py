@@ -11,9 +11,10 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from facenet_pytorch import InceptionResnetV1
+
 from consentry.detectors.embedders import resolve_device
 from consentry.policies.errors import BadInputError, ConfigurationError, StageError
-from facenet_pytorch import InceptionResnetV1
 
 
 class FacenetEmbedder:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
 from consentry.policies.errors import (
     ConfigurationError,
     ConsentryError,
     ImageTooLargeError,
     InvalidImageError,
 )
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Raster formats we decode. Pillow knows more, but some of them hand the file to an external
 # program (EPS runs Ghostscript) or are not photos (PDF, MPEG, fonts); an upload in any other

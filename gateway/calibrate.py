@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import tomli_w
+
 from consentry.detectors.analyzer import FaceAnalyzer
 from consentry.detectors.calibration import (
     STANDARD_FARS,

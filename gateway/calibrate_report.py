@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
 from consentry.gateway.calibrate import CalibrationResult
 from consentry.policies.errors import ConsentryError
 

@@ -13,13 +13,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image, ImageEnhance, ImageOps
+from skimage import data as skdata
+
 from consentry.gateway.schemas import EnrollRequest, GenerateRequest, GrantRequest
 from consentry.gateway.service import Gate, Release
 from consentry.gateway.storage.principals import LOCAL_ACTOR, PrincipalView
 from consentry.policies.config import Settings
 from consentry.policies.errors import ConfigurationError, ConsentryError
-from PIL import Image, ImageEnhance, ImageOps
-from skimage import data as skdata
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
 from consentry.detectors.analyzer import FaceAnalyzer
 from consentry.detectors.clustering import cluster_embeddings
 from consentry.detectors.enrollment import face_size
@@ -29,7 +31,6 @@ from consentry.gateway.storage.principals import LOCAL_ACTOR, PrincipalView
 from consentry.gateway.storage.subjects import IdentityView
 from consentry.policies.config import Settings
 from consentry.policies.errors import BadInputError, ConsentryError
-from PIL import Image, ImageDraw, ImageFont
 
 if TYPE_CHECKING:
     from consentry.gateway.service import Gate

@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from PIL import Image
+
 from consentry.gateway.storage.principals import PrincipalView
 from consentry.gateway.storage.subjects import IdentityView
 from consentry.policies import decision as codes
 from consentry.policies.consent import GrantTerms
 from consentry.policies.decision import Decision, Verdict
 from consentry.policies.errors import ConsentryError
-from PIL import Image
 
 log = logging.getLogger("consentry.pipeline")
 

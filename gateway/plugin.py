@@ -6,16 +6,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from consentry.gateway.problems import HANDLERS
-from consentry.gateway.routes import CONTROLLERS, provide_principal
-from consentry.gateway.service import Gate
-from consentry.policies.config import Settings
 from litestar import Litestar, Router
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPluginProtocol
+
+from consentry.gateway.problems import HANDLERS
+from consentry.gateway.routes import CONTROLLERS, provide_principal
+from consentry.gateway.service import Gate
+from consentry.policies.config import Settings
 
 
 @dataclass

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from consentry.policies.errors import ConsentryError
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from pydantic import ValidationError
+
+from consentry.policies.errors import ConsentryError
 
 log = logging.getLogger("consentry.http")
 PROBLEM = "application/problem+json"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from litestar import Controller, Request, get, post
+from litestar.params import Parameter
+
 from consentry.gateway.schemas import (
     EnrollRequest,
     GenerateRequest,
@@ -15,8 +18,6 @@ from consentry.gateway.schemas import (
 from consentry.gateway.service import Gate
 from consentry.gateway.storage.principals import PrincipalView
 from consentry.policies.roles import Action, require
-from litestar import Controller, Request, get, post
-from litestar.params import Parameter
 
 
 async def provide_principal(request: Request[Any, Any, Any], gate: Gate) -> PrincipalView:

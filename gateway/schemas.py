@@ -7,9 +7,10 @@ import binascii
 from datetime import UTC, datetime
 from typing import Annotated
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from consentry.policies.consent import Purpose
 from consentry.policies.errors import BadInputError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 B64Image = Annotated[str, Field(min_length=1, max_length=30_000_000, description="base64-encoded image file")]
 

@@ -17,6 +17,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
+from PIL import Image
+
 from consentry.detectors.analyzer import FaceAnalyzer
 from consentry.detectors.enrollment import enrollment_templates
 from consentry.detectors.images import decode_image
@@ -41,7 +43,6 @@ from consentry.policies.roles import Action, require
 from consentry.provenance.audit import ChainedEvent, ChainReport
 from consentry.provenance.audit_signing import AuditSigner
 from consentry.provenance.watermark import Watermarker
-from PIL import Image
 
 
 class ModelSource(Protocol):

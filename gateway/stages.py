@@ -13,6 +13,8 @@ import io
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+from PIL import Image
+
 from consentry.detectors.analyzer import FaceAnalyzer
 from consentry.detectors.index import IdentityScores
 from consentry.detectors.verification import judge_outputs, judge_references
@@ -25,7 +27,6 @@ from consentry.policies.decision import Verdict
 from consentry.provenance.keys import SigningMaterial
 from consentry.provenance.manifest import ManifestInfo, sign_image
 from consentry.provenance.watermark import Watermarker
-from PIL import Image
 
 POLICY_VERSION = "2026-11.1"
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import threading
 
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
+
 from consentry.detectors.analyzer import FaceAnalyzer
 from consentry.detectors.detection import FaceDetector
 from consentry.detectors.embedders import DlibResNetEmbedder, Embedder
@@ -17,8 +20,6 @@ from consentry.generation.diffusers_backend import DiffusersTextToImage
 from consentry.policies.config import EmbedderKind, Settings, UnknownFaces
 from consentry.policies.errors import ConfigurationError
 from consentry.provenance.keys import load_signing_material
-from diffusers.utils import logging as diffusers_logging
-from transformers.utils import logging as transformers_logging
 
 
 def build_analyzer(settings: Settings) -> FaceAnalyzer:

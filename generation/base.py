@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from consentry.policies.errors import BadInputError
 from PIL import Image
+
+from consentry.policies.errors import BadInputError
 
 INVALID_PARAMS = "generation.invalid_params"
 

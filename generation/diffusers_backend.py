@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from consentry.generation.base import GenerationJob, GenerationOutput
 from consentry.policies.errors import ConfigurationError, ConsentryError, StageError
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from consentry.generation.diffusers_backend import MARKER_FILE
 from consentry.policies.errors import BadInputError, ConfigurationError, ConflictError
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from consentry.policies.errors import ConfigurationError
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from consentry.policies.errors import ConfigurationError
 
 DOMAIN = b"consentry-audit-v1"
 KEY_FILE = "audit.ed25519.pem"

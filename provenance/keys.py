@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from consentry.policies.errors import ConfigurationError, ConflictError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from consentry.policies.errors import ConfigurationError, ConflictError
 
 CA_CERT_FILE = "ca.cert.pem"
 CHAIN_FILE = "signing.chain.pem"

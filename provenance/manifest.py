@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import c2pa
+
 from consentry.policies.errors import BadInputError, ConsentryError, InvalidImageError, StageError
 
 CONSENT_LABEL = "org.consentry.consent"

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
 from consentry.policies.decision import WATERMARK_FAILED
 from consentry.policies.errors import BadInputError, StageError
 from consentry.provenance.wm_codes import CODED_BITS, PAYLOAD_BYTES, PayloadCode
@@ -35,8 +38,6 @@ from consentry.provenance.wm_spread import (
     Candidates,
     TiledSpreadSpectrum,
 )
-from numpy.typing import NDArray
-from PIL import Image
 
 __all__ = [
     "ALGORITHM",

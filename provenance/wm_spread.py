@@ -33,8 +33,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from consentry.provenance.wm_scale import best_scales
 from numpy.typing import NDArray
+
+from consentry.provenance.wm_scale import best_scales
 
 TILE = 128
 BAND = (0.14, 0.25)  # cycles per pixel

@@ -12,10 +12,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from consentry.gateway.cli import consent_cmds, gate_cmds, setup_cmds, watermark_cmds
 from consentry.gateway.cli.parser import build
 from consentry.policies.errors import ConsentryError, RefusedError, StageError
-from pydantic import ValidationError
 
 HANDLERS = {
     "demo": setup_cmds.cmd_demo,

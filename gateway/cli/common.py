@@ -8,10 +8,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from consentry.gateway.storage.principals import LOCAL_ACTOR
 from consentry.policies.config import Settings
 from consentry.policies.errors import BadInputError, ConsentryError
-from pydantic import ValidationError
 
 __all__ = ["LOCAL_ACTOR", "b64_file", "load_settings", "parse_time", "read_file", "with_gate"]
 

@@ -49,7 +49,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     asyncio.run(migrate())
     uvicorn.run(
-        "consentry.gateway.plugin:create_app", factory=True, host=args.host, port=args.port, workers=args.workers
+        "consentry.gateway.plugin:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
     )
     return 0
 

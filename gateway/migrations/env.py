@@ -2,6 +2,7 @@
 which hands over a live (sync-facing) connection of the async engine."""
 
 from alembic import context
+
 from consentry.gateway.storage.tables import Base
 
 connection = context.config.attributes["connection"]

@@ -13,6 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.tables import AuditCheckpoint, AuditEvent, AuditHead
 from consentry.policies.errors import StageError
@@ -25,10 +30,6 @@ from consentry.provenance.audit import (
     verify_signed_log,
 )
 from consentry.provenance.audit_signing import AuditSigner
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 ADVISORY_KEY = 0x636F6E73  # "cons"
 RETRIES = 5

@@ -7,15 +7,16 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from consentry.gateway.storage.audit_log import AuditLog
 from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.tables import ApiKey, Principal
 from consentry.policies.errors import AuthError, BadInputError, ConflictError, NotFoundError
 from consentry.policies.roles import Role
 from consentry.provenance.audit import ChainedEvent
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 KEY_PREFIX = "csk_"
 

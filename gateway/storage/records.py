@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
+
 from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.tables import GenerationRecord
-from sqlalchemy import select
 
 
 @dataclass(frozen=True, slots=True)

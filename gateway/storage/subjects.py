@@ -10,6 +10,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from consentry.gateway.storage.audit_log import AuditLog
 from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.principals import new_id
@@ -18,8 +21,6 @@ from consentry.gateway.storage.vault import TemplateVault
 from consentry.policies.consent import GrantTerms, Purpose
 from consentry.policies.errors import BadInputError, ConflictError, NotFoundError
 from consentry.provenance.audit import ChainedEvent
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,10 @@ import secrets
 from pathlib import Path
 
 import numpy as np
-from consentry.policies.errors import ConfigurationError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from consentry.policies.errors import ConfigurationError
 
 NONCE = 12
 

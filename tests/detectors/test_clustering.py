@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from consentry.detectors.clustering import Clustering, cluster_embeddings, completeness, purity
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from consentry.detectors.align import (
     LANDMARK_WEIGHTS,
     align_faces,
@@ -23,7 +25,6 @@ from consentry.detectors.align import (
 )
 from consentry.detectors.detection import DetectedFace, FaceDetector
 from consentry.policies.errors import BadInputError, ConfigurationError
-from PIL import Image
 
 dlib = pytest.importorskip("dlib")
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from consentry.detectors.dlib_resnet import (
     default_dlib_weights,
     face_recognition_models_file,
@@ -20,7 +22,6 @@ from consentry.detectors.dlib_resnet import (
 )
 from consentry.detectors.embedders import DlibResNetEmbedder, Embedder
 from consentry.policies.errors import BadInputError, ConfigurationError
-from PIL import Image
 
 dlib = pytest.importorskip("dlib")
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from facenet_pytorch import InceptionResnetV1
+from PIL import Image
+
 from consentry.detectors.facenet_embedder import FacenetEmbedder
 from consentry.gateway.wiring import build_analyzer
 from consentry.policies.config import Settings
 from consentry.policies.errors import ConfigurationError
-from facenet_pytorch import InceptionResnetV1
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFile
+
 from consentry.detectors.images import decode_image, sniff_mime
 from consentry.policies.errors import ConfigurationError, ImageTooLargeError, InvalidImageError
-from PIL import Image, ImageFile
 
 LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 40_000_000}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from consentry.detectors.index import IdentityIndex, normalise
 from consentry.detectors.verification import judge_outputs, judge_references
 

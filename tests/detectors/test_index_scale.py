@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from consentry.detectors.index import IdentityIndex
 
 IDENTITIES = 10_000

@@ -14,12 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+from litestar import Litestar
+
 from consentry.gateway.plugin import ConsentryConfig, create_app
 from consentry.gateway.service import Gate
 from consentry.generation.tiny import build_tiny_pipeline
 from consentry.policies.config import Settings
 from consentry.provenance.keys import init_dev_keys
-from litestar import Litestar
 
 
 class AppClient(httpx.AsyncClient):

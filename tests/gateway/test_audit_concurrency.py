@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from consentry.gateway.storage.audit_log import AuditLog
 from consentry.gateway.storage.db import Database
 from consentry.provenance.audit_signing import AuditSigner
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 WORKER = """
 import asyncio, sys

@@ -4,12 +4,13 @@ deleted row, two swapped rows, an inserted row, and a tail cut off after the las
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import text
+
 from consentry.gateway.storage.audit_log import AuditLog
 from consentry.gateway.storage.db import Database
 from consentry.provenance.audit import GENESIS, seal
 from consentry.provenance.audit_signing import AuditSigner
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import text
 
 INSERT = "INSERT INTO audit_events (seq, ts, kind, body, prev_hash, hash) VALUES (:seq, :ts, :k, :b, :p, :h)"
 EVENTS = 25  # checkpoints at 10 and 20; the tail 21..25 is after the last checkpoint

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from consentry.gateway.calibrate import write_match_threshold
 from consentry.gateway.cli import main
 from consentry.policies.config import Settings
 from consentry.policies.errors import ConfigurationError
-from PIL import Image
 
 ORIGINAL_CONFIG = 'device = "cpu"\nstage_timeout_s = 77.0\ndeny_terms = ["nude", "gore"]\n'
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from consentry.gateway.cli import main
 
 

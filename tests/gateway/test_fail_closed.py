@@ -11,11 +11,11 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from consentry.gateway.plugin import ConsentryConfig, create_app
 from consentry.gateway.wiring import open_gate
 from consentry.generation.base import GenerationJob, GenerationOutput
 from consentry.policies.config import Settings
-
 from tests.gateway.conftest import b64, serve
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytest_asyncio
-from consentry.detectors.detection import FaceDetector
 from PIL import Image, ImageFilter, ImageOps
 
+from consentry.detectors.detection import FaceDetector
 from tests.gateway.conftest import AppClient, b64
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

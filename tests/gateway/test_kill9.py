@@ -54,7 +54,18 @@ def serve(env: dict[str, str], cwd: Path) -> Iterator[tuple[subprocess.Popen[byt
     """``consentry serve`` until it answers /health; killed (the whole group) on the way out."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "consentry.gateway.cli", "serve", "--host", HOST, "--port", str(port), "--workers", "1"],
+        [
+            sys.executable,
+            "-m",
+            "consentry.gateway.cli",
+            "serve",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
         env=env,
         cwd=cwd,
         stdout=subprocess.DEVNULL,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from PIL import Image
+
 from consentry.detectors.clustering import completeness, purity
 from consentry.detectors.enrollment import face_size
 from consentry.gateway.cli.library_cmd import cmd_enroll_library
@@ -36,7 +38,6 @@ from consentry.gateway.service import Gate
 from consentry.gateway.wiring import open_gate
 from consentry.policies.config import Settings
 from consentry.policies.errors import BadInputError, ConflictError
-from PIL import Image
 
 pytestmark = pytest.mark.slow
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the gate fixture lives in that loop

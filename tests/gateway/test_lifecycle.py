@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from consentry.gateway.service import Gate
 from sqlalchemy import text
 
+from consentry.gateway.service import Gate
 from tests.gateway.conftest import AppClient, b64
 
 A, B = "George_W_Bush", "Colin_Powell"

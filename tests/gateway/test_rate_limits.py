@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from consentry.gateway.plugin import ConsentryConfig, create_app
 from consentry.gateway.ratelimit import TokenBuckets
 from consentry.policies.config import Settings
 from consentry.policies.errors import RateLimitedError
-
 from tests.gateway.conftest import serve
 
 

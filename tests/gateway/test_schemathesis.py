@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+
 from consentry.gateway.plugin import ConsentryConfig, create_app
 from consentry.gateway.wiring import open_gate
 from consentry.policies.config import Settings

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import text
+
 from consentry.gateway.storage.audit_log import AuditLog
 from consentry.gateway.storage.db import MIGRATIONS, Database
 from consentry.gateway.storage.principals import Principals
@@ -17,8 +20,6 @@ from consentry.gateway.storage.subjects import Subjects
 from consentry.gateway.storage.vault import TemplateVault
 from consentry.policies.errors import AuthError, ConflictError, NotFoundError
 from consentry.provenance.audit_signing import AuditSigner
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import text
 
 
 @pytest.fixture

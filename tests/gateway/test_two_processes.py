@@ -21,7 +21,11 @@ pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=Tr
 
 def consentry(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "consentry.gateway.cli", *argv], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "consentry.gateway.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

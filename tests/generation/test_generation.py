@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from consentry.generation.base import GenerationJob, GenerationOutput, Generator
 from consentry.generation.diffusers_backend import MARKER_FILE, DiffusersTextToImage
 from consentry.generation.tiny import BUILT_BY, build_tiny_pipeline
@@ -23,7 +25,6 @@ from consentry.policies.errors import (
     ConflictError,
     StageError,
 )
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

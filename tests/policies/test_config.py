@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from consentry.policies.config import Settings
 from pydantic import ValidationError
+
+from consentry.policies.config import Settings
 
 
 def test_defaults_put_all_state_under_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

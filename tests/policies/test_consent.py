@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from consentry.policies.consent import GrantTerms, denied_terms, evaluate_consent
 from consentry.policies.errors import ForbiddenError
 from consentry.policies.roles import PERMISSIONS, Action, Role, require

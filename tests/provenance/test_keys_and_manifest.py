@@ -8,6 +8,13 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from PIL import Image
+
 from consentry.policies.errors import (
     BadInputError,
     ConfigurationError,
@@ -30,12 +37,6 @@ from consentry.provenance.manifest import (
     read_manifest,
     sign_image,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.x509.oid import ExtendedKeyUsageOID
-from PIL import Image
 
 GRANT_HASH = hashlib.sha256(b"grant-0001").hexdigest()
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageEnhance
+
 from consentry.policies.decision import WATERMARK_FAILED
 from consentry.policies.errors import BadInputError
 from consentry.provenance.watermark import (
@@ -18,7 +20,6 @@ from consentry.provenance.watermark import (
     false_positive_bound,
     simulate_redistribution,
 )
-from PIL import Image, ImageEnhance
 
 Attack = Callable[[Image.Image], Image.Image]
 

@@ -4,6 +4,8 @@ spectrum method finds a crop's offset."""
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
+
 from consentry.provenance.wm_codes import (
     CODED_BITS,
     GENERATORS,
@@ -14,7 +16,6 @@ from consentry.provenance.wm_codes import (
     viterbi_decode,
 )
 from consentry.provenance.wm_spread import TILE, TiledSpreadSpectrum
-from PIL import Image
 
 
 def _reference_encode(bits: np.ndarray) -> np.ndarray:
