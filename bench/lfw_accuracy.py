@@ -38,8 +38,8 @@ from consentry.detectors.calibration import (  # noqa: E402
     roc_curve,
     tar_at_fars,
 )
+from consentry.detectors.calibration_run import calibrate, pick_face, scan_photos  # noqa: E402
 from consentry.detectors.detection import FaceDetector  # noqa: E402
-from consentry.gateway.calibrate import calibrate, pick_face, scan_photos  # noqa: E402
 from consentry.gateway.wiring import build_analyzer  # noqa: E402
 from consentry.policies.config import Settings  # noqa: E402
 

@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from common import goal, goal_text, machine_info, md_table, measure, repo_on_path, write_results
 from PIL import Image
-from watermark_images import ATTACKS, EXTRA, REQUIRED, image_set, square, unmarked
+from watermark_images import ATTACKS, EXTRA, REQUIRED, bench_watermarker, image_set, square, unmarked
 
 repo_on_path()
-from consentry.provenance.watermark import Watermarker, false_positive_bound  # noqa: E402
+from consentry.provenance.watermark import false_positive_bound  # noqa: E402
 from consentry.provenance.wm_spread import CANDIDATES_PER_SCALE, MAX_SCALE_GUESSES  # noqa: E402
 
 
@@ -44,7 +44,7 @@ class Ours:
     name = "consentry tiled-ss"
 
     def __init__(self) -> None:
-        self.wm = Watermarker()
+        self.wm = bench_watermarker()
 
     def embed(self, im: Image.Image, payload: bytes) -> Image.Image:
         return self.wm.embed_verified(im, payload)  # what the gate releases
@@ -140,7 +140,7 @@ def robustness(method: Ours | Library, images: list[tuple[str, Image.Image]], se
 
 
 def false_positives(images: Iterable[tuple[str, Image.Image]]) -> dict:
-    wm = Watermarker()
+    wm = bench_watermarker()
     kinds: dict[str, list[int]] = {}
     for kind, im in images:
         kinds.setdefault(kind, []).append(int(wm.decode(im).found))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -19,6 +20,21 @@ class AnalyzedImage:
 
     faces: tuple[DetectedFace, ...]
     embeddings: np.ndarray  # (n_faces, dim) float32
+
+
+class Analyzer(Protocol):
+    """What the gate needs of face analysis: every face of every image, embedded.
+
+    :class:`FaceAnalyzer` (MTCNN + alignment + an embedder) is the real one; the gate's own
+    test fakes (:mod:`consentry.gateway.testing`) implement the same Protocol.
+    """
+
+    @property
+    def embedder(self) -> Embedder: ...
+
+    def analyze(self, images: Sequence[Image.Image]) -> list[AnalyzedImage]:
+        """Blocking; the gateway calls it in a worker thread."""
+        ...
 
 
 class FaceAnalyzer:

@@ -16,7 +16,7 @@ import numpy as np
 from facenet_pytorch import MTCNN
 from PIL import Image
 
-from consentry.detectors.embedders import resolve_device
+from consentry.detectors.devices import resolve_device
 from consentry.policies.errors import ConfigurationError, StageError
 
 # Tuned on the shared test photos (groups at min_face_px=20, LFW at 40): every real face scored

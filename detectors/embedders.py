@@ -13,8 +13,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from consentry.detectors.devices import resolve_device
 from consentry.detectors.dlib_resnet import EMBEDDING_DIM, DlibResNet, load_dlib_resnet
-from consentry.policies.errors import BadInputError, ConfigurationError, StageError
+from consentry.policies.errors import BadInputError, StageError
 
 
 @runtime_checkable
@@ -29,21 +30,6 @@ class Embedder(Protocol):
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """uint8 ``(N, chip_size, chip_size, 3)`` RGB chips -> float32 ``(N, dim)``, unit norm."""
         ...
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` means CUDA when present, else CPU; asking for an absent CUDA is a config error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigurationError(f"unknown torch device {device!r}", code="config.device") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError(
-            f"device {device!r} was requested but CUDA is not available", code="config.device"
-        )
-    return resolved
 
 
 class DlibResNetEmbedder:

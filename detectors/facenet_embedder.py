@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from facenet_pytorch import InceptionResnetV1
 
-from consentry.detectors.embedders import resolve_device
+from consentry.detectors.devices import resolve_device
 from consentry.policies.errors import BadInputError, ConfigurationError, StageError
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from consentry.detectors.index import IdentityScores
-from consentry.policies import decision as codes
+from consentry.policies import codes
 from consentry.policies.decision import Verdict
 
 

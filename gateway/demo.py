@@ -6,20 +6,22 @@ shares the keys and the tiny model with the data directory, building them when a
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageEnhance, ImageOps
 from skimage import data as skdata
 
-from consentry.gateway.schemas import EnrollRequest, GenerateRequest, GrantRequest
-from consentry.gateway.service import Gate, Release
+from consentry.gateway.flow import STAGES
+from consentry.gateway.gate import Gate, Release
+from consentry.gateway.requests import EnrollmentRequest, GenerationRequest, GrantRequest
 from consentry.gateway.storage.principals import LOCAL_ACTOR, PrincipalView
 from consentry.policies.config import Settings
+from consentry.policies.consent import Purpose
 from consentry.policies.errors import ConfigurationError, ConsentryError
 
 
@@ -27,14 +29,14 @@ from consentry.policies.errors import ConfigurationError, ConsentryError
 class Story:
     name: str
     code: str
-    stages: dict[str, dict]  # type: ignore[type-arg]
+    stages: dict[str, dict[str, Any]]
     outputs: tuple[Path, ...] = ()
 
 
-def _png_b64(image: Image.Image) -> str:
+def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
 
 
 def astronaut_variants() -> list[Image.Image]:
@@ -53,7 +55,7 @@ def faceless_photo() -> Image.Image:
     return Image.fromarray(skdata.coffee())
 
 
-async def _try(name: str, gate: Gate, who: PrincipalView, req: GenerateRequest) -> Story:
+async def _try(name: str, gate: Gate, who: PrincipalView, req: GenerationRequest) -> Story:
     try:
         release: Release = await gate.generate(who, req)
     except ConsentryError as exc:
@@ -62,7 +64,7 @@ async def _try(name: str, gate: Gate, who: PrincipalView, req: GenerateRequest) 
 
 
 def print_table(stories: list[Story]) -> None:
-    names = ["consent", "verify_refs", "generate", "verify_output", "watermark", "sign"]
+    names = STAGES
     header = f"{'story':<44} {'decision':<26}" + "".join(f"{n:>14}" for n in names)
     print(header)
     print("-" * len(header))
@@ -78,7 +80,6 @@ async def run_demo(settings: Settings, out: Path | None) -> int:
     from consentry.generation.tiny import build_tiny_pipeline
     from consentry.provenance.keys import init_dev_keys, load_signing_material
 
-    assert settings.keys_dir is not None and settings.model_dir is not None
     try:
         load_signing_material(settings.keys_dir)
     except ConfigurationError as exc:
@@ -99,9 +100,9 @@ async def run_demo(settings: Settings, out: Path | None) -> int:
     gate = await open_gate(demo_settings)
     try:
         stories = await _stories(gate)
-        report = await gate.verify_audit(None)
+        report = await gate.verify_audit(LOCAL_ACTOR)
         released = [p for s in stories for p in s.outputs]
-        checks = [await gate.verify_provenance(base64.b64encode(p.read_bytes()).decode()) for p in released]
+        checks = [(await gate.verify_provenance(LOCAL_ACTOR, p.read_bytes())).as_dict() for p in released]
     finally:
         await gate.close()
     print("Consentry demo — tiny UNTRAINED pipeline: released images are noise-like by design.\n")
@@ -122,28 +123,31 @@ async def run_demo(settings: Settings, out: Path | None) -> int:
 
 async def _stories(gate: Gate) -> list[Story]:
     operator = LOCAL_ACTOR
-    studio = (await gate.principals.create("demo-studio", "requester")).principal
-    other = (await gate.principals.create("demo-other-app", "requester")).principal
+    studio = (await gate.create_principal(operator, "demo-studio", "requester")).principal
+    other = (await gate.create_principal(operator, "demo-other-app", "requester")).principal
     views = astronaut_variants()
     identity = await gate.enroll(
-        operator, EnrollRequest(label="astronaut", photos=[_png_b64(v) for v in views[:4]])
+        operator, EnrollmentRequest(label="astronaut", photos=tuple(_png(v) for v in views[:4]))
     )
     grant = await gate.grant(
         operator,
         GrantRequest(
             identity_id=identity.id,
             principal=studio.id,
-            purposes=["portrait"],  # type: ignore[list-item]
-            deny_terms=["uniform"],
+            purposes=(Purpose.portrait,),
+            deny_terms=("uniform",),
             attested_by="demo operator",
             consent_text_sha256=hashlib.sha256(b"demo consent").hexdigest(),
         ),
     )
 
-    def ask(prompt: str, refs: list[Image.Image]) -> GenerateRequest:
-        return GenerateRequest(
-            subject_id=identity.id, purpose="portrait", prompt=prompt, references=[_png_b64(r) for r in refs]
-        )  # type: ignore[arg-type]
+    def ask(prompt: str, refs: list[Image.Image]) -> GenerationRequest:
+        return GenerationRequest(
+            subject_id=identity.id,
+            purpose=Purpose.portrait,
+            prompt=prompt,
+            references=tuple(_png(r) for r in refs),
+        )
 
     stories = [
         await _try(

@@ -8,24 +8,28 @@ from __future__ import annotations
 
 import asyncio
 
+from consentry.detectors.analyzer import Analyzer
 from consentry.detectors.index import IdentityIndex
 from consentry.gateway.storage.subjects import Subjects
 
 
 class IndexCache:
-    def __init__(self, subjects: Subjects, embedder_name: str, device: str) -> None:
+    def __init__(self, subjects: Subjects, analyzer: Analyzer) -> None:
+        # The analyzer is asked for its embedder only on first use, so opening a gate for a
+        # command that never matches faces loads no model.
         self.subjects = subjects
-        self.embedder_name = embedder_name
-        self.device = device
+        self.analyzer = analyzer
         self._index: IdentityIndex | None = None
         self._version: tuple[int, int] | None = None
         self._lock = asyncio.Lock()
 
     async def get(self) -> IdentityIndex:
-        version = await self.subjects.templates_version(self.embedder_name)
+        embedder = self.analyzer.embedder
+        version = await self.subjects.templates_version(embedder.name)
         async with self._lock:
             if self._index is None or version != self._version:
-                enrolled = await self.subjects.templates(self.embedder_name)
-                self._index = IdentityIndex(enrolled.identity_ids, enrolled.matrix, self.device)
+                enrolled = await self.subjects.templates(embedder.name)
+                device = str(getattr(embedder, "device", "cpu"))
+                self._index = IdentityIndex(enrolled.identity_ids, enrolled.matrix, device)
                 self._version = version
             return self._index

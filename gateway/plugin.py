@@ -13,9 +13,9 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPluginProtocol
 
+from consentry.gateway.gate import Gate
 from consentry.gateway.problems import HANDLERS
 from consentry.gateway.routes import CONTROLLERS, provide_principal
-from consentry.gateway.service import Gate
 from consentry.policies.config import Settings
 
 

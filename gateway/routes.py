@@ -1,4 +1,5 @@
-"""HTTP routes. Each parses its input, calls one Gate method, and renders the result."""
+"""HTTP routes of the Consentry API. Each decodes its input, calls one Gate method, and renders
+the result as its declared response model; authorization is the Gate's."""
 
 from __future__ import annotations
 
@@ -8,20 +9,31 @@ from typing import Any
 from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
+from consentry.gateway.gate import Gate
 from consentry.gateway.schemas import (
-    EnrollRequest,
-    GenerateRequest,
-    GrantRequest,
-    PrincipalRequest,
-    VerifyRequest,
+    AuditReportOut,
+    EnrollBody,
+    ErasedOut,
+    GenerateBody,
+    GenerateOut,
+    GrantBody,
+    GrantOut,
+    HealthOut,
+    IdentityOut,
+    IssuedKeyOut,
+    PrincipalBody,
+    ProvenanceOut,
+    RevokedOut,
+    VerdictOut,
+    VerifyBody,
 )
-from consentry.gateway.service import Gate
 from consentry.gateway.storage.principals import PrincipalView
-from consentry.policies.roles import Action, require
+
+PathId = Parameter(max_length=40)
 
 
 async def provide_principal(request: Request[Any, Any, Any], gate: Gate) -> PrincipalView:
-    return await gate.principals.authenticate(request.headers.get("x-api-key"))
+    return await gate.authenticate(request.headers.get("x-api-key"))
 
 
 class HealthController(Controller):
@@ -29,15 +41,15 @@ class HealthController(Controller):
     tags = ["health"]
 
     @get("/", summary="Liveness and readiness")
-    async def health(self, gate: Gate) -> dict[str, Any]:
+    async def health(self, gate: Gate) -> HealthOut:
         report = await gate.audit.verify()
-        return {
-            "status": "ok" if report.ok else "degraded",
-            "embedder": gate.analyzer.embedder.name,
-            "generator": gate.generator.name,
-            "untrained_model": gate.generator.untrained,
-            "audit_events": report.events,
-        }
+        return HealthOut(
+            status="ok" if report.ok else "degraded",
+            embedder=gate.analyzer.embedder.name,
+            generator=gate.generator.name,
+            untrained_model=gate.generator.untrained,
+            audit_events=report.events,
+        )
 
 
 class AdminController(Controller):
@@ -45,18 +57,16 @@ class AdminController(Controller):
     tags = ["admin"]
 
     @post("/", summary="Create a principal and its first API key (shown once)")
-    async def create(self, data: PrincipalRequest, gate: Gate, principal: PrincipalView) -> dict[str, Any]:
-        require(principal.role, Action.manage_principals)
-        issued = await gate.principals.create(data.name, data.role, actor=principal.id)
-        return {"id": issued.principal.id, "name": data.name, "role": data.role, "api_key": issued.secret}
+    async def create(self, data: PrincipalBody, gate: Gate, principal: PrincipalView) -> IssuedKeyOut:
+        issued = await gate.create_principal(principal, data.name, data.role)
+        return IssuedKeyOut(id=issued.principal.id, name=data.name, role=data.role, api_key=issued.secret)
 
     @post("/{principal_id:str}/keys", summary="Issue another API key for a principal (shown once)")
     async def issue_key(
-        self, gate: Gate, principal: PrincipalView, principal_id: str = Parameter(max_length=40)
-    ) -> dict[str, Any]:
-        require(principal.role, Action.manage_principals)
-        issued = await gate.principals.issue_key(principal_id, actor=principal.id)
-        return {"id": issued.key_id, "principal_id": principal_id, "api_key": issued.secret}
+        self, gate: Gate, principal: PrincipalView, principal_id: str = PathId
+    ) -> IssuedKeyOut:
+        issued = await gate.issue_key(principal, principal_id)
+        return IssuedKeyOut(id=issued.key_id, principal_id=principal_id, api_key=issued.secret)
 
 
 class KeysController(Controller):
@@ -64,12 +74,9 @@ class KeysController(Controller):
     tags = ["admin"]
 
     @post("/{key_id:str}/revoke", summary="Revoke an API key; it fails from the next request on")
-    async def revoke_key(
-        self, gate: Gate, principal: PrincipalView, key_id: str = Parameter(max_length=40)
-    ) -> dict[str, Any]:
-        require(principal.role, Action.manage_principals)
-        await gate.principals.revoke_key(key_id, actor=principal.id)
-        return {"id": key_id, "revoked": True}
+    async def revoke_key(self, gate: Gate, principal: PrincipalView, key_id: str = PathId) -> RevokedOut:
+        await gate.revoke_key(principal, key_id)
+        return RevokedOut(id=key_id, revoked=True)
 
 
 class ConsentController(Controller):
@@ -77,35 +84,31 @@ class ConsentController(Controller):
     tags = ["consent"]
 
     @post("/identities", summary="Enroll a protected identity from photos")
-    async def enroll(self, data: EnrollRequest, gate: Gate, principal: PrincipalView) -> dict[str, Any]:
-        identity = await gate.enroll(principal, data)
-        return {"id": identity.id, "label": identity.label, "status": identity.status}
+    async def enroll(self, data: EnrollBody, gate: Gate, principal: PrincipalView) -> IdentityOut:
+        identity = await gate.enroll(principal, data.to_request())
+        return IdentityOut(id=identity.id, label=identity.label, status=identity.status)
 
     @post("/identities/{identity_id:str}/erase", summary="Erase an identity (crypto-shred its templates)")
-    async def erase(
-        self, gate: Gate, principal: PrincipalView, identity_id: str = Parameter(max_length=40)
-    ) -> dict[str, Any]:
+    async def erase(self, gate: Gate, principal: PrincipalView, identity_id: str = PathId) -> ErasedOut:
         counts = await gate.erase(principal, identity_id)
-        return {"id": identity_id, "erased": True, **counts}
+        return ErasedOut(id=identity_id, erased=True, **counts)
 
     @post("/grants", summary="Record a subject's consent for a principal")
-    async def grant(self, data: GrantRequest, gate: Gate, principal: PrincipalView) -> dict[str, Any]:
-        g = await gate.grant(principal, data)
-        return {
-            "id": g.id,
-            "identity_id": g.identity_id,
-            "principal_id": g.principal_id,
-            "purposes": list(g.purposes),
-            "expires_at": g.expires_at.isoformat() if g.expires_at else None,
-            "max_uses": g.max_uses,
-        }
+    async def grant(self, data: GrantBody, gate: Gate, principal: PrincipalView) -> GrantOut:
+        g = await gate.grant(principal, data.to_request())
+        return GrantOut(
+            id=g.id,
+            identity_id=g.identity_id,
+            principal_id=g.principal_id,
+            purposes=list(g.purposes),
+            expires_at=g.expires_at,
+            max_uses=g.max_uses,
+        )
 
     @post("/grants/{grant_id:str}/revoke", summary="Revoke a grant; effective on the next request")
-    async def revoke(
-        self, gate: Gate, principal: PrincipalView, grant_id: str = Parameter(max_length=40)
-    ) -> dict[str, Any]:
+    async def revoke(self, gate: Gate, principal: PrincipalView, grant_id: str = PathId) -> RevokedOut:
         await gate.revoke(principal, grant_id)
-        return {"id": grant_id, "revoked": True}
+        return RevokedOut(id=grant_id, revoked=True)
 
 
 class GenerateController(Controller):
@@ -113,18 +116,18 @@ class GenerateController(Controller):
     tags = ["generation"]
 
     @post("/", summary="Generate images of a consenting subject through the gate")
-    async def generate(self, data: GenerateRequest, gate: Gate, principal: PrincipalView) -> dict[str, Any]:
-        release = await gate.generate(principal, data)
-        return {
-            "record_id": release.record_id,
-            "watermark": release.watermark,
-            "model": release.model,
-            "untrained": release.untrained,
-            "audit_seq": release.audit_seq,
-            "stages": release.decision.as_dict(),
-            "images": [base64.b64encode(b).decode() for b in release.images],
-            "media_type": "image/png",
-        }
+    async def generate(self, data: GenerateBody, gate: Gate, principal: PrincipalView) -> GenerateOut:
+        release = await gate.generate(principal, data.to_request())
+        return GenerateOut(
+            record_id=release.record_id,
+            watermark=release.watermark,
+            model=release.model,
+            untrained=release.untrained,
+            audit_seq=release.audit_seq,
+            stages={name: VerdictOut(**v) for name, v in release.decision.as_dict().items()},
+            images=[base64.b64encode(b).decode() for b in release.images],
+            media_type="image/png",
+        )
 
 
 class ProvenanceController(Controller):
@@ -132,13 +135,13 @@ class ProvenanceController(Controller):
     tags = ["provenance"]
 
     @post("/provenance/verify", summary="C2PA state, watermark and generation record of an image")
-    async def verify(self, data: VerifyRequest, gate: Gate, principal: PrincipalView) -> dict[str, Any]:
-        require(principal.role, Action.verify_provenance)
-        return await gate.verify_provenance(data.image)
+    async def verify(self, data: VerifyBody, gate: Gate, principal: PrincipalView) -> ProvenanceOut:
+        report = await gate.verify_provenance(principal, data.to_bytes())
+        return ProvenanceOut(**report.as_dict())
 
     @get("/audit/verify", summary="Re-compute the audit hash chain")
-    async def audit_verify(self, gate: Gate, principal: PrincipalView) -> dict[str, Any]:
-        return (await gate.verify_audit(principal)).as_dict()
+    async def audit_verify(self, gate: Gate, principal: PrincipalView) -> AuditReportOut:
+        return AuditReportOut(**(await gate.verify_audit(principal)).as_dict())
 
 
 CONTROLLERS = [

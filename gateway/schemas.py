@@ -1,18 +1,38 @@
-"""Request bodies shared by HTTP and CLI. Unknown fields are refused; images travel as base64."""
+"""The Consentry HTTP API's wire schemas: request bodies (images as base64) and response models.
+
+Each request schema turns itself into the core's typed request (:mod:`consentry.gateway.requests`,
+image files as bytes) with ``to_request()``; that is the only place base64 is decoded. Unknown
+fields are refused. Limits come from :mod:`consentry.policies.limits`, shared with the core.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from consentry.gateway import requests as core
 from consentry.policies.consent import Purpose
 from consentry.policies.errors import BadInputError
+from consentry.policies.limits import (
+    MAX_ENROLL_PHOTOS,
+    MAX_IMAGES,
+    MAX_LABEL_CHARS,
+    MAX_PROMPT_CHARS,
+    MAX_REFERENCES,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+    MIN_SIDE,
+    SIDE_MULTIPLE,
+)
 
 B64Image = Annotated[str, Field(min_length=1, max_length=30_000_000, description="base64-encoded image file")]
+Id = Annotated[str, Field(min_length=1, max_length=40)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]
 
 
 def decode_b64(value: str, what: str) -> bytes:
@@ -22,23 +42,33 @@ def decode_b64(value: str, what: str) -> bytes:
         raise BadInputError(f"{what} is not valid base64", code="input.base64_invalid") from exc
 
 
+def _files(items: list[str], what: str) -> tuple[bytes, ...]:
+    return tuple(decode_b64(item, f"{what} {i}") for i, item in enumerate(items, start=1))
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-class EnrollRequest(Strict):
-    label: str = Field(min_length=1, max_length=200, description="operator's label; never leaves the gateway")
-    photos: list[B64Image] = Field(min_length=1, max_length=20)
+# -- requests -----------------------------------------------------------------------------------
 
 
-class GrantRequest(Strict):
-    identity_id: str = Field(min_length=1, max_length=40)
-    principal: str = Field(min_length=1, max_length=200, description="grantee principal id or name")
+class EnrollBody(Strict):
+    label: Name = Field(description="operator's label; never leaves the gateway")
+    photos: list[B64Image] = Field(min_length=1, max_length=MAX_ENROLL_PHOTOS)
+
+    def to_request(self) -> core.EnrollmentRequest:
+        return core.EnrollmentRequest(label=self.label, photos=_files(self.photos, "photo"))
+
+
+class GrantBody(Strict):
+    identity_id: Id
+    principal: Name = Field(description="grantee principal id or name")
     purposes: list[Purpose] = Field(min_length=1)
     deny_terms: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default=[], max_length=200)
     expires_at: datetime | None = None
     max_uses: int | None = Field(default=None, ge=1, le=1_000_000)
-    attested_by: str = Field(min_length=1, max_length=200, description="who collected the consent")
+    attested_by: Name = Field(description="who collected the consent")
     consent_text_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hash of the consent text shown")
 
     @field_validator("expires_at")
@@ -50,24 +80,139 @@ class GrantRequest(Strict):
             raise ValueError("expires_at is in the past")
         return value
 
+    def to_request(self) -> core.GrantRequest:
+        return core.GrantRequest(
+            identity_id=self.identity_id,
+            principal=self.principal,
+            purposes=tuple(self.purposes),
+            attested_by=self.attested_by,
+            consent_text_sha256=self.consent_text_sha256,
+            deny_terms=tuple(self.deny_terms),
+            expires_at=self.expires_at,
+            max_uses=self.max_uses,
+        )
 
-class GenerateRequest(Strict):
-    subject_id: str = Field(min_length=1, max_length=40)
+
+Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)]
+
+
+class GenerateBody(Strict):
+    subject_id: Id
     purpose: Purpose
-    prompt: str = Field(min_length=1, max_length=2000)
-    negative_prompt: str = Field(default="", max_length=2000)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    steps: int | None = Field(default=None, ge=1, le=100)
-    width: int | None = Field(default=None, ge=256, le=2048, multiple_of=8)
-    height: int | None = Field(default=None, ge=256, le=2048, multiple_of=8)
-    num_images: int = Field(default=1, ge=1, le=4)
-    references: list[B64Image] = Field(default=[], max_length=8)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    width: Side | None = None
+    height: Side | None = None
+    num_images: int = Field(default=1, ge=1, le=MAX_IMAGES)
+    references: list[B64Image] = Field(default=[], max_length=MAX_REFERENCES)
+
+    def to_request(self) -> core.GenerationRequest:
+        return core.GenerationRequest(
+            subject_id=self.subject_id,
+            purpose=self.purpose,
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            seed=self.seed,
+            steps=self.steps,
+            width=self.width,
+            height=self.height,
+            num_images=self.num_images,
+            references=_files(self.references, "reference"),
+        )
 
 
-class PrincipalRequest(Strict):
-    name: str = Field(min_length=1, max_length=200)
+class PrincipalBody(Strict):
+    name: Name
     role: str = Field(pattern=r"^(admin|operator|requester|auditor)$")
 
 
-class VerifyRequest(Strict):
+class VerifyBody(Strict):
     image: B64Image
+
+    def to_bytes(self) -> bytes:
+        return decode_b64(self.image, "image")
+
+
+# -- responses ----------------------------------------------------------------------------------
+
+
+class HealthOut(BaseModel):
+    status: str = Field(description="ok, or degraded when the audit chain does not verify")
+    embedder: str
+    generator: str
+    untrained_model: bool
+    audit_events: int
+
+
+class IssuedKeyOut(BaseModel):
+    id: str = Field(description="the principal id (create) or the key id (issue)")
+    api_key: str = Field(description="the secret; shown once, never stored")
+    name: str | None = None
+    role: str | None = None
+    principal_id: str | None = None
+
+
+class RevokedOut(BaseModel):
+    id: str
+    revoked: bool
+
+
+class IdentityOut(BaseModel):
+    id: str
+    label: str
+    status: str
+
+
+class ErasedOut(BaseModel):
+    id: str
+    erased: bool
+    templates_destroyed: int
+    grants_revoked: int
+    records_flagged: int = Field(description="past generation records flagged as showing an erased subject")
+
+
+class GrantOut(BaseModel):
+    id: str
+    identity_id: str
+    principal_id: str
+    purposes: list[str]
+    expires_at: datetime | None
+    max_uses: int | None
+
+
+class VerdictOut(BaseModel):
+    allowed: bool
+    code: str
+    reason: str
+    scores: dict[str, float]
+    elapsed_ms: float
+    fault: bool
+
+
+class GenerateOut(BaseModel):
+    record_id: str
+    watermark: str = Field(description="hex payload of the invisible watermark; it names the record")
+    model: str
+    untrained: bool
+    audit_seq: int
+    stages: dict[str, VerdictOut] = Field(description="every stage's verdict, in flow order")
+    images: list[str] = Field(description="base64 PNG files, each with a signed C2PA manifest")
+    media_type: str
+
+
+class AuditReportOut(BaseModel):
+    ok: bool
+    events: int
+    head: str
+    first_bad_seq: int | None = None
+    problem: str = ""
+
+
+class ProvenanceOut(BaseModel):
+    c2pa: dict[str, Any]
+    watermark: dict[str, Any]
+    record: dict[str, Any] | None
+    provenance_found: bool
+    assessment: dict[str, Any]

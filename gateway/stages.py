@@ -1,8 +1,8 @@
-"""The six stages of the gate, as thin adapters from the request context to each package.
+"""The gate's steps, as thin adapters from a :class:`GateJob` to each package.
 
-The rules live in the packages (policies.consent, detectors.verification, provenance); a stage
-only gathers inputs, runs blocking model work in a worker thread, and records what it produced
-on the context for the next stage.
+The rules live in the packages (:mod:`consentry.policies.consent`,
+:mod:`consentry.detectors.verification`, :mod:`consentry.provenance`); a stage gathers its inputs,
+runs blocking model work in a worker thread, and returns a verdict or its frozen output.
 """
 
 from __future__ import annotations
@@ -15,50 +15,53 @@ from datetime import UTC, datetime
 
 from PIL import Image
 
-from consentry.detectors.analyzer import FaceAnalyzer
+from consentry.detectors.analyzer import Analyzer
 from consentry.detectors.index import IdentityScores
 from consentry.detectors.verification import judge_outputs, judge_references
+from consentry.gateway.flow import GateJob, Refusal
 from consentry.gateway.index_cache import IndexCache
-from consentry.gateway.pipeline import GateContext
 from consentry.gateway.storage.subjects import Subjects
-from consentry.generation.base import GenerationJob, Generator
-from consentry.policies.consent import evaluate_consent
+from consentry.generation.base import GenerationOutput, Generator
+from consentry.policies.consent import GrantTerms, evaluate_consent
 from consentry.policies.decision import Verdict
 from consentry.provenance.keys import SigningMaterial
 from consentry.provenance.manifest import ManifestInfo, sign_image
+from consentry.provenance.outputs import MarkedImages, SignedImages
 from consentry.provenance.watermark import Watermarker
 
-POLICY_VERSION = "2026-11.1"
+POLICY_VERSION = "2026-12.1"
 
 
 class ConsentStage:
     """A live grant must let this principal generate this subject for this purpose and prompt."""
 
-    def __init__(self, subjects: Subjects, deny_terms: list[str]) -> None:
+    def __init__(self, subjects: Subjects, deny_terms: Sequence[str]) -> None:
         self.subjects = subjects
-        self.deny_terms = deny_terms
+        self.deny_terms = tuple(deny_terms)
 
-    async def check(self, ctx: GateContext) -> Verdict:
-        # Read the grants at request time: a revocation takes effect on the very next request.
-        subject = await self.subjects.get(ctx.subject.id)
-        grants = await self.subjects.grants_for(subject.id, ctx.principal.id)
+    async def check(self, job: GateJob) -> GrantTerms:
+        # Read the subject and its grants at request time: a revocation or erasure takes effect
+        # on the very next request, whichever gateway process recorded it.
+        subject = await self.subjects.get(job.subject.id)
+        grants = await self.subjects.grants_for(subject.id, job.principal.id)
         outcome = evaluate_consent(
             subject_status=subject.status,
             grants=grants,
-            principal_id=ctx.principal.id,
-            purpose=ctx.purpose,
-            prompt=ctx.prompt,
+            principal_id=job.principal.id,
+            purpose=job.purpose,
+            prompt=job.generation.prompt,
             deployment_deny_terms=self.deny_terms,
             now=datetime.now(UTC),
         )
-        ctx.grant = outcome.grant
-        return outcome.verdict
+        if outcome.grant is None:
+            raise Refusal(outcome.verdict)
+        return outcome.grant
 
 
 async def _score(
-    analyzer: FaceAnalyzer, index: IndexCache, images: Sequence[Image.Image]
+    analyzer: Analyzer, index: IndexCache, images: Sequence[Image.Image]
 ) -> list[IdentityScores]:
-    analyzed = await asyncio.to_thread(analyzer.analyze, images)
+    analyzed = await asyncio.to_thread(analyzer.analyze, list(images))
     current = await index.get()
     return [current.scores(a.embeddings) for a in analyzed]
 
@@ -66,56 +69,42 @@ async def _score(
 class ReferenceFacesStage:
     """Every face in every reference image must be the subject."""
 
-    def __init__(self, analyzer: FaceAnalyzer, index: IndexCache, threshold: float, allow_unknown: bool):
+    def __init__(self, analyzer: Analyzer, index: IndexCache, threshold: float, allow_unknown: bool) -> None:
         self.analyzer, self.index = analyzer, index
         self.threshold, self.allow_unknown = threshold, allow_unknown
 
-    async def check(self, ctx: GateContext) -> Verdict:
-        if not ctx.references:
+    async def check(self, job: GateJob) -> Verdict:
+        references = job.generation.references
+        if not references:
             return Verdict.allow("no reference images")
-        scores = await _score(self.analyzer, self.index, list(ctx.references))
+        scores = await _score(self.analyzer, self.index, references)
         return judge_references(
-            scores, subject=ctx.subject.id, threshold=self.threshold, allow_unknown=self.allow_unknown
+            scores, subject=job.subject.id, threshold=self.threshold, allow_unknown=self.allow_unknown
         )
 
 
 class GenerateStage:
-    def __init__(self, generator: Generator, guidance_scale: float = 5.0) -> None:
-        self.generator = generator
-        self.guidance_scale = guidance_scale
+    """Hand the approved job to the configured generator (it knows nothing of consent)."""
 
-    async def check(self, ctx: GateContext) -> Verdict:
-        job = GenerationJob(
-            prompt=ctx.prompt,
-            negative_prompt=ctx.negative_prompt,
-            seed=ctx.seed,
-            steps=ctx.steps,
-            width=ctx.width,
-            height=ctx.height,
-            num_images=ctx.num_images,
-            guidance_scale=self.guidance_scale,
-            references=tuple(ctx.references),
-        )
-        out = await asyncio.to_thread(self.generator.generate, job)
-        ctx.outputs, ctx.model, ctx.untrained = list(out.images), out.model, out.untrained
-        note = " (untrained model: outputs are noise-like)" if out.untrained else ""
-        return Verdict.allow(f"{len(out.images)} image(s) from {out.model}{note}", images=len(out.images))
+    def __init__(self, generator: Generator) -> None:
+        self.generator = generator
+
+    async def run(self, job: GateJob) -> GenerationOutput:
+        return await asyncio.to_thread(self.generator.generate, job.generation)
 
 
 class OutputFacesStage:
     """No output may show anyone but the subject."""
 
-    def __init__(self, analyzer: FaceAnalyzer, index: IndexCache, threshold: float, require_face: bool):
+    def __init__(self, analyzer: Analyzer, index: IndexCache, threshold: float, require_face: bool) -> None:
         self.analyzer, self.index = analyzer, index
         self.threshold, self.require_face = threshold, require_face
 
-    async def check(self, ctx: GateContext) -> Verdict:
-        scores = await _score(self.analyzer, self.index, ctx.outputs)
-        verdict = judge_outputs(
-            scores, subject=ctx.subject.id, threshold=self.threshold, require_face=self.require_face
+    async def check(self, job: GateJob, generated: GenerationOutput) -> Verdict:
+        scores = await _score(self.analyzer, self.index, generated.images)
+        return judge_outputs(
+            scores, subject=job.subject.id, threshold=self.threshold, require_face=self.require_face
         )
-        ctx.output_scores = dict(verdict.scores)
-        return verdict
 
 
 class WatermarkStage:
@@ -125,49 +114,60 @@ class WatermarkStage:
         self.watermarker = watermarker
         self.attempts = attempts
 
-    async def check(self, ctx: GateContext) -> Verdict:
-        def mark_all() -> list[Image.Image]:
-            return [self.watermarker.embed_verified(img, ctx.watermark, self.attempts) for img in ctx.outputs]
+    async def run(self, generated: GenerationOutput, payload: bytes) -> MarkedImages:
+        def mark_all() -> tuple[Image.Image, ...]:
+            return tuple(
+                self.watermarker.embed_verified(img, payload, self.attempts) for img in generated.images
+            )
 
-        ctx.marked = await asyncio.to_thread(mark_all)
-        return Verdict.allow(f"payload {ctx.watermark.hex()} decodes after JPEG 75 + resize")
+        images = await asyncio.to_thread(mark_all)
+        return MarkedImages(
+            images=images,
+            payload=payload,
+            algorithm=self.watermarker.algorithm,
+            key_id=self.watermarker.current_key_id,
+        )
 
 
 class SignStage:
     """Sign each marked output with a C2PA manifest; the consent assertion names the grant by hash."""
 
-    def __init__(
-        self, load_material: Callable[[], SigningMaterial], watermark_algorithm: str, generator_version: str
-    ) -> None:
+    def __init__(self, load_material: Callable[[], SigningMaterial], generator_version: str) -> None:
+        # Loaded per request (in the worker thread): a renewed certificate is used at once.
         self.load_material = load_material
-        self.watermark_algorithm = watermark_algorithm
         self.generator_version = generator_version
 
-    async def check(self, ctx: GateContext) -> Verdict:
-        assert ctx.grant is not None, "the consent stage runs before signing"
-        material = self.load_material()
+    async def run(
+        self,
+        job: GateJob,
+        grant: GrantTerms,
+        generated: GenerationOutput,
+        marked: MarkedImages,
+        scores: Verdict,
+    ) -> SignedImages:
         info = ManifestInfo(
-            title=f"consentry-{ctx.request_id}.png",
+            title=f"consentry-{job.request_id}.png",
             claim_generator=f"consentry/{self.generator_version}",
-            record_id=ctx.request_id,
-            model=ctx.model,
-            untrained=ctx.untrained,
-            watermark_algorithm=self.watermark_algorithm,
-            watermark_payload_hex=ctx.watermark.hex(),
-            consent_record_hash=hashlib.sha256(ctx.grant.id.encode()).hexdigest(),
-            purpose=ctx.purpose,
-            verifier_scores=dict(ctx.output_scores),
+            record_id=job.request_id,
+            model=generated.model,
+            untrained=generated.untrained,
+            watermark_algorithm=marked.algorithm,
+            watermark_payload_hex=marked.payload.hex(),
+            consent_record_hash=hashlib.sha256(grant.id.encode()).hexdigest(),
+            purpose=job.purpose,
+            verifier_scores=dict(scores.scores),
             policy_version=POLICY_VERSION,
         )
 
-        def sign_all() -> list[bytes]:
+        def sign_all() -> tuple[bytes, ...]:
+            material = self.load_material()
             signed = []
-            for image in ctx.marked:
+            for image in marked.images:
                 buf = io.BytesIO()
                 image.save(buf, format="PNG")
                 signed.append(sign_image(buf.getvalue(), "image/png", info, material))
-            return signed
+            return tuple(signed)
 
-        ctx.signed = await asyncio.to_thread(sign_all)
-        ctx.manifest = {"claim_generator": info.claim_generator, "record_id": info.record_id}
-        return Verdict.allow(f"{len(ctx.signed)} image(s) signed")
+        files = await asyncio.to_thread(sign_all)
+        manifest = {"claim_generator": info.claim_generator, "record_id": info.record_id}
+        return SignedImages(files=files, media_type="image/png", manifest=manifest)

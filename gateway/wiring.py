@@ -1,25 +1,50 @@
-"""Builds a Gate from settings: database, models, and the configured stage list."""
+"""Builds a Gate from settings: stores, models, the stages of the flow, provenance.
+
+This is the one place that knows which implementation each Protocol gets; the Gate and the flow
+receive finished components and never reach back.
+"""
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from consentry.detectors.analyzer import FaceAnalyzer
+from consentry.detectors.analyzer import Analyzer, FaceAnalyzer
 from consentry.detectors.detection import FaceDetector
 from consentry.detectors.embedders import DlibResNetEmbedder, Embedder
 from consentry.detectors.facenet_embedder import FacenetEmbedder
-from consentry.gateway import __version__, stages
-from consentry.gateway.pipeline import Pipeline
-from consentry.gateway.service import Gate
+from consentry.gateway import __version__
+from consentry.gateway.flow import GenerateFlow, Stages
+from consentry.gateway.gate import Gate, GateParts
+from consentry.gateway.index_cache import IndexCache
+from consentry.gateway.models import LazyAnalyzer, LazyGenerator
+from consentry.gateway.ratelimit import TokenBuckets
+from consentry.gateway.release import ReleaseStage
+from consentry.gateway.stages import (
+    ConsentStage,
+    GenerateStage,
+    OutputFacesStage,
+    ReferenceFacesStage,
+    SignStage,
+    WatermarkStage,
+)
+from consentry.gateway.storage.audit_log import AuditLog
 from consentry.gateway.storage.db import Database
+from consentry.gateway.storage.principals import Principals
+from consentry.gateway.storage.records import Records
+from consentry.gateway.storage.subjects import Subjects
+from consentry.gateway.storage.vault import TemplateVault, load_master_key
 from consentry.generation.base import Generator
 from consentry.generation.diffusers_backend import DiffusersTextToImage
 from consentry.policies.config import EmbedderKind, Settings, UnknownFaces
 from consentry.policies.errors import ConfigurationError
+from consentry.provenance.audit_signing import AuditSigner
 from consentry.provenance.keys import load_signing_material
+from consentry.provenance.verification import ProvenanceVerifier, load_trust_anchors
+from consentry.provenance.watermark import Watermarker
+from consentry.provenance.watermark_keys import WatermarkKeyring
 
 
 def build_analyzer(settings: Settings) -> FaceAnalyzer:
@@ -37,70 +62,32 @@ def build_analyzer(settings: Settings) -> FaceAnalyzer:
 
 
 def build_generator(settings: Settings) -> Generator:
-    assert settings.model_dir is not None
     return DiffusersTextToImage(settings.model_dir, device=settings.device)
 
 
-def build_pipeline(gate: Gate) -> Pipeline:
-    """The stage list, in the order of the design: each stage keyed by its configured name."""
-    s = gate.settings
-    keys_dir = s.keys_dir
-    assert keys_dir is not None
-    threshold = s.match_threshold
-    return Pipeline(
-        [
-            ("consent", stages.ConsentStage(gate.subjects, s.deny_terms)),
-            (
-                "verify_refs",
-                stages.ReferenceFacesStage(
-                    gate.analyzer, gate.index, threshold, s.unknown_faces is UnknownFaces.allow
-                ),
-            ),
-            ("generate", stages.GenerateStage(gate.generator)),
-            (
-                "verify_output",
-                stages.OutputFacesStage(gate.analyzer, gate.index, threshold, s.require_output_face),
-            ),
-            ("watermark", stages.WatermarkStage(gate.watermarker)),
-            (
-                "sign",
-                stages.SignStage(
-                    lambda: load_signing_material(keys_dir), gate.watermarker.algorithm, __version__
-                ),
-            ),
-        ],
-        timeout_s=s.stage_timeout_s,
+def build_stages(
+    settings: Settings,
+    *,
+    subjects: Subjects,
+    audit: AuditLog,
+    analyzer: Analyzer,
+    index: IndexCache,
+    generator: Generator,
+    watermarker: Watermarker,
+) -> Stages:
+    """The implementation of each step of :class:`GenerateFlow`, from the settings."""
+    s, keys_dir = settings, settings.keys_dir
+    return Stages(
+        consent=ConsentStage(subjects, s.deny_terms),
+        references=ReferenceFacesStage(
+            analyzer, index, s.match_threshold, allow_unknown=s.unknown_faces is UnknownFaces.allow
+        ),
+        generate=GenerateStage(generator),
+        outputs=OutputFacesStage(analyzer, index, s.match_threshold, require_face=s.require_output_face),
+        watermark=WatermarkStage(watermarker),
+        sign=SignStage(lambda: load_signing_material(keys_dir), __version__),
+        release=ReleaseStage(audit, s.output_dir, keep_prompt=s.audit_prompts),
     )
-
-
-class Models:
-    """Loads the analyzer and the generator once, on first use; injected ones are used as is."""
-
-    def __init__(
-        self, settings: Settings, *, analyzer: FaceAnalyzer | None = None, generator: Generator | None = None
-    ) -> None:
-        self.settings = settings
-        self._analyzer = analyzer
-        self._generator = generator
-        self._injected_generator = generator is not None
-        self._lock = threading.Lock()
-
-    def analyzer(self) -> FaceAnalyzer:
-        with self._lock:
-            if self._analyzer is None:
-                self._analyzer = build_analyzer(self.settings)
-            return self._analyzer
-
-    def generator(self) -> Generator:
-        with self._lock:
-            if self._generator is None:
-                self._generator = build_generator(self.settings)
-            return self._generator
-
-    def close(self) -> None:
-        # Close only what this holder built: an injected generator belongs to whoever made it.
-        if self._generator is not None and not self._injected_generator:
-            self._generator.close()
 
 
 def quiet_libraries() -> None:
@@ -110,9 +97,61 @@ def quiet_libraries() -> None:
 
 
 async def open_gate(
-    settings: Settings, *, analyzer: FaceAnalyzer | None = None, generator: Generator | None = None
+    settings: Settings,
+    *,
+    analyzer: Analyzer | None = None,
+    generator: Generator | None = None,
+    adjust_stages: Callable[[Stages], Stages] | None = None,
 ) -> Gate:
-    """Open the database (migrating it) and assemble the gate; models load on first use."""
+    """Open the database (migrating it) and assemble the gate; models load on first use.
+
+    ``analyzer`` and ``generator`` replace the configured models (tests, embedding apps); an
+    injected generator is not closed with the gate: it belongs to whoever made it.
+    ``adjust_stages`` may swap single steps (``dataclasses.replace(stages, outputs=...)``), e.g.
+    to put a deliberately failing check into the flow.
+    """
     db = Database(settings.database_url)
     await db.migrate()
-    return Gate(settings, db, Models(settings, analyzer=analyzer, generator=generator), build_pipeline)
+    keys_dir = settings.keys_dir
+    audit = AuditLog(db, AuditSigner.load_or_create(keys_dir), settings.audit_checkpoint_every)
+    subjects = Subjects(db, TemplateVault(load_master_key(keys_dir)), audit)
+    records = Records(db)
+    lazy_analyzer = LazyAnalyzer(
+        (lambda: analyzer) if analyzer is not None else lambda: build_analyzer(settings)
+    )
+    lazy_generator = LazyGenerator(
+        (lambda: generator) if generator is not None else lambda: build_generator(settings),
+        name=generator.name if generator is not None else str(settings.model_dir),
+        owned=generator is None,
+    )
+    watermarker = Watermarker(WatermarkKeyring.load_or_create(keys_dir))
+    index = IndexCache(subjects, lazy_analyzer)
+    stages = build_stages(
+        settings,
+        subjects=subjects,
+        audit=audit,
+        analyzer=lazy_analyzer,
+        index=index,
+        generator=lazy_generator,
+        watermarker=watermarker,
+    )
+    if adjust_stages is not None:
+        stages = adjust_stages(stages)
+    anchors = load_trust_anchors(settings.trust_anchors, keys_dir, settings.trust_dev_ca)
+    return Gate(
+        GateParts(
+            settings=settings,
+            db=db,
+            audit=audit,
+            principals=Principals(db, audit),
+            subjects=subjects,
+            records=records,
+            analyzer=lazy_analyzer,
+            generator=lazy_generator,
+            index=index,
+            flow=GenerateFlow(stages, settings.stage_timeout_s),
+            provenance=ProvenanceVerifier(watermarker, records, anchors),
+            rate_limits=TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst),
+            models=(lazy_analyzer, lazy_generator),
+        )
+    )

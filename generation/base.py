@@ -17,16 +17,18 @@ from typing import Protocol, runtime_checkable
 from PIL import Image
 
 from consentry.policies.errors import BadInputError
+from consentry.policies.limits import (
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_PROMPT_CHARS,
+    MAX_REFERENCES,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+    SIDE_MULTIPLE,
+)
 
 INVALID_PARAMS = "generation.invalid_params"
-
-MAX_SIDE = 2048
-MAX_STEPS = 200
-MAX_IMAGES = 8
-MAX_GUIDANCE = 50.0
-MAX_PROMPT_CHARS = 4000
-MAX_REFERENCES = 8
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
 
 
 def _bad(detail: str) -> BadInputError:
@@ -73,10 +75,9 @@ class GenerationJob:
         _check_int("num_images", self.num_images, 1, MAX_IMAGES)
         for name in ("width", "height"):
             value = getattr(self, name)
-            _check_int(name, value, 8, MAX_SIDE)
-            # Latent diffusion VAEs downsample by 8; other sizes fail deep inside the model.
-            if value % 8:
-                raise _bad(f"{name} must be a multiple of 8, got {value}")
+            _check_int(name, value, SIDE_MULTIPLE, MAX_SIDE)
+            if value % SIDE_MULTIPLE:
+                raise _bad(f"{name} must be a multiple of {SIDE_MULTIPLE}, got {value}")
         guidance = self.guidance_scale
         if isinstance(guidance, bool) or not isinstance(guidance, int | float):
             raise _bad("guidance_scale must be a number")
@@ -109,6 +110,10 @@ class GenerationOutput:
     steps: int
     elapsed_ms: float
 
+    def summary(self) -> str:
+        note = " (untrained model: outputs are noise-like)" if self.untrained else ""
+        return f"{len(self.images)} image(s) from {self.model}{note}"
+
 
 @runtime_checkable
 class Generator(Protocol):
@@ -119,8 +124,15 @@ class Generator(Protocol):
     inside the model, never a foreign exception. ``close`` releases the model and device memory.
     """
 
-    name: str
-    untrained: bool
+    @property
+    def name(self) -> str:
+        """What the audit and the manifest call this model (a directory or service name)."""
+        ...
+
+    @property
+    def untrained(self) -> bool:
+        """True for the project's own tiny test pipeline: its outputs are noise."""
+        ...
 
     def generate(self, job: GenerationJob) -> GenerationOutput: ...
 

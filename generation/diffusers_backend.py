@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from consentry.detectors.devices import resolve_device
 from consentry.generation.base import GenerationJob, GenerationOutput
 from consentry.policies.errors import ConfigurationError, ConsentryError, StageError
 
@@ -56,20 +57,6 @@ def read_untrained_marker(model_dir: Path) -> bool:
     return untrained
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigurationError(f"unknown torch device {device!r}", code="device.invalid") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError(
-            f"device {device!r} was requested but CUDA is not available", code="device.unavailable"
-        )
-    return resolved
-
-
 class DiffusersTextToImage:
     """A :class:`generation.base.Generator` backed by a local diffusers pipeline.
 
@@ -91,7 +78,7 @@ class DiffusersTextToImage:
             )
         self.name = self.model_dir.name
         self.untrained = read_untrained_marker(self.model_dir)
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         # Half precision halves GPU memory and time; CPUs are slow (or unsupported) at fp16.
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self._lock = threading.Lock()

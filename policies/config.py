@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from consentry.policies.limits import MAX_GUIDANCE, MAX_REFERENCES, MAX_SIDE, MAX_STEPS, MIN_SIDE
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -64,12 +66,12 @@ class Settings(BaseSettings):
     """Smallest face (shorter box side, pixels) accepted in an enrollment photo."""
     unknown_faces: UnknownFaces = UnknownFaces.refuse
     """What to do with a reference face that matches no enrolled identity."""
-    model_dir: Path | None = None
-    """diffusers model directory; default ``data_dir/models/tiny`` (built by ``models tiny``)."""
-    output_dir: Path | None = None
-    """Where released images are written; default ``data_dir/outputs``."""
-    keys_dir: Path | None = None
-    """Signing certificate, CA and template-encryption key; default ``data_dir/keys``."""
+    model_dir: Path = Path("models/tiny")
+    """diffusers model directory (built by ``models tiny``); a relative path is under ``data_dir``."""
+    output_dir: Path = Path("outputs")
+    """Where released images are written; a relative path is under ``data_dir``."""
+    keys_dir: Path = Path("keys")
+    """Signing certificate, CA, watermark and template-encryption keys; relative: under ``data_dir``."""
     trust_dev_ca: bool = True
     """Treat the development CA under ``keys_dir`` as a C2PA trust anchor."""
     trust_anchors: Path | None = None
@@ -80,13 +82,15 @@ class Settings(BaseSettings):
     """Largest accepted upload."""
     max_image_pixels: int = 40_000_000
     """Largest accepted decoded image (width x height); larger is refused before decoding."""
-    max_references: int = 4
+    max_references: int = Field(default=4, ge=0, le=MAX_REFERENCES)
     """Most reference images in one generation request."""
     deny_terms: list[str] = Field(default_factory=lambda: ["nude", "naked", "nsfw"])
     """Prompt terms the deployment refuses for every subject (case-insensitive words)."""
-    generation_steps: int = 4
+    generation_steps: int = Field(default=4, ge=1, le=MAX_STEPS)
     """Default denoising steps."""
-    image_size: int = 256
+    guidance_scale: float = Field(default=5.0, ge=0.0, le=MAX_GUIDANCE)
+    """Classifier-free guidance scale given to local generators."""
+    image_size: int = Field(default=256, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
     """Default output side in pixels (the invisible watermark needs at least 256)."""
     require_output_face: bool = False
     """Refuse outputs that show no face at all (off: a faceless image carries no likeness)."""
@@ -104,9 +108,10 @@ class Settings(BaseSettings):
         self.data_dir = self.data_dir.expanduser()
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'consentry.db'}"
-        self.model_dir = self.model_dir or self.data_dir / "models" / "tiny"
-        self.output_dir = self.output_dir or self.data_dir / "outputs"
-        self.keys_dir = self.keys_dir or self.data_dir / "keys"
+        # Every state path hangs off data_dir unless the operator gave an absolute one.
+        self.model_dir = self.data_dir / self.model_dir.expanduser()
+        self.output_dir = self.data_dir / self.output_dir.expanduser()
+        self.keys_dir = self.data_dir / self.keys_dir.expanduser()
         return self
 
     @classmethod

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from consentry.policies import decision as codes
+from consentry.policies import codes
 from consentry.policies.decision import Verdict
 
 
@@ -36,14 +36,20 @@ class GrantTerms:
     uses: int
     revoked_at: datetime | None
 
+    def summary(self) -> str:
+        return f"grant {self.id} is live and covers this request"
+
     def problem(self, now: datetime) -> tuple[str, str] | None:
         """Why this grant is not live (code, sentence), or None when it is."""
         if self.revoked_at is not None:
-            return "consent.revoked", f"grant {self.id} was revoked"
+            return codes.CONSENT_REVOKED, f"grant {self.id} was revoked"
         if self.expires_at is not None and self.expires_at <= now:
-            return "consent.expired", f"grant {self.id} expired at {self.expires_at.isoformat()}"
+            return codes.CONSENT_EXPIRED, f"grant {self.id} expired at {self.expires_at.isoformat()}"
         if self.max_uses is not None and self.uses >= self.max_uses:
-            return "consent.exhausted", f"grant {self.id} has been used {self.uses} of {self.max_uses} times"
+            return (
+                codes.CONSENT_EXHAUSTED,
+                f"grant {self.id} has been used {self.uses} of {self.max_uses} times",
+            )
         return None
 
 

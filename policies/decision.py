@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from consentry.policies import codes
+
 # Stable refusal codes. Clients switch on these; never rename one.
 CONSENT_MISSING = "consent.missing"
 CONSENT_SUBJECT_UNKNOWN = "consent.subject_unknown"
@@ -85,7 +87,7 @@ class Decision:
     @property
     def code(self) -> str:
         refusal = self.refusal
-        return "released" if refusal is None else refusal[1].code
+        return codes.RELEASED if refusal is None else refusal[1].code
 
     def as_dict(self) -> dict[str, Any]:
         return {name: v.as_dict() for name, v in self.verdicts.items()}

@@ -6,11 +6,18 @@ method (:mod:`provenance.wm_spread`) is a tiled spread-spectrum pattern in the l
 survives JPEG 50, half-size-and-back resizing, 10 % crops and brightness changes, and on photos
 also copies kept at another size (the scale is read off the autocorrelation, :mod:`provenance.wm_scale`).
 
+Marks are keyed by the deployment's secret keys (:mod:`provenance.watermark_keys`): the key lays
+out the carriers and whitens the frame, so without it a mark can neither be read nor made, and a
+payload copied from a real image and stamped with any other key names nothing here. Embedding
+uses the ring's current key; decoding tries every key of the ring, so images released before a
+rotation still verify, and the reading says which key matched.
+
 A decode is *found* only when a candidate's CRC matches; otherwise it is *not found*, never a
 guess. The decoder checks at most ``CANDIDATES_PER_SCALE`` (72: 8 sync peaks x 3x3 pixel
-neighbourhoods) alignments per assumed scale, so for an unmarked image (random bits) the chance
-of a false find is at most ``72 * 4 * 2**-32`` = 6.7e-8 (the original scale plus at most three
-resize factors guessed from the autocorrelation): see :func:`false_positive_bound`.
+neighbourhoods) alignments per assumed scale and key, so for an unmarked image (random bits) the
+chance of a false find is at most ``72 * 4 * K * 2**-32`` = 6.7e-8 per key (the original scale
+plus at most three resize factors guessed from the autocorrelation, for each of the K keys):
+see :func:`false_positive_bound`. Every key kept after a rotation adds that much again.
 
 :meth:`Watermarker.embed_verified` climbs a ladder of strengths until the mark survives
 :func:`simulate_redistribution` with margin to spare; :meth:`Watermarker.decode` needs no side
@@ -20,7 +27,7 @@ channel because every strength decodes the same way.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +37,7 @@ from PIL import Image
 
 from consentry.policies.decision import WATERMARK_FAILED
 from consentry.policies.errors import BadInputError, StageError
+from consentry.provenance.watermark_keys import WatermarkKey, WatermarkKeyring
 from consentry.provenance.wm_codes import CODED_BITS, PAYLOAD_BYTES, PayloadCode
 from consentry.provenance.wm_spread import (
     CANDIDATES_PER_SCALE,
@@ -41,7 +49,6 @@ from consentry.provenance.wm_spread import (
 
 __all__ = [
     "ALGORITHM",
-    "DEFAULT_KEY",
     "DEFAULT_STRENGTHS",
     "MIN_SIDE",
     "PAYLOAD_BYTES",
@@ -55,7 +62,6 @@ __all__ = [
 
 MIN_SIDE = 256  # smallest image we mark: two tiles a side, so a crop still leaves a full period
 ALGORITHM = "org.consentry.watermark.tiledss.v2"
-DEFAULT_KEY = b"consentry.watermark.v2"
 # RMS luma change in grey levels: PSNR ~ 40.3, 38.6 and 36.1 dB.
 DEFAULT_STRENGTHS: tuple[float, ...] = (2.5, 3.0, 4.0)
 # After simulated redistribution the accepted decode must still agree this well with its
@@ -79,19 +85,25 @@ class WatermarkMethod(Protocol):
         ...
 
 
+# How a method is built for one key and a number of coded bits (TiledSpreadSpectrum's signature).
+MethodFactory = Callable[[bytes, int], WatermarkMethod]
+
+
 @dataclass(frozen=True, slots=True)
 class WatermarkReading:
     """What a decode found.
 
     ``confidence`` is how well the soft values agree with the accepted codeword (1.0 = all on the
     right side; unmarked images score ~0.7 but never pass the CRC), 0.0 when nothing was found;
-    it is not a probability. ``method`` names the method and, when not 1, the assumed scale.
+    it is not a probability. ``method`` names the method and, when not 1, the assumed scale;
+    ``key_id`` names the deployment key the mark was made with.
     """
 
     found: bool
     payload: bytes | None
     confidence: float
     method: str | None = None
+    key_id: str | None = None
 
 
 class WatermarkNotDecodableError(StageError):
@@ -100,10 +112,12 @@ class WatermarkNotDecodableError(StageError):
     code = WATERMARK_FAILED
 
 
-def false_positive_bound(n_scales: int = 1 + MAX_SCALE_GUESSES) -> float:
+def false_positive_bound(n_scales: int = 1 + MAX_SCALE_GUESSES, n_keys: int = 1) -> float:
     """Chance that an unmarked image is read as marked, if its decoded bits are random: each
-    checked alignment passes the CRC-32 with probability 2**-32 (union bound)."""
-    return CANDIDATES_PER_SCALE * n_scales * 2.0**-32
+    checked alignment, at each scale and under each key, passes the CRC-32 with probability
+    2**-32 (union bound). It is also the chance that a mark made with a key we do not hold
+    (another deployment's, or the old public default) reads as one of ours."""
+    return CANDIDATES_PER_SCALE * n_scales * n_keys * 2.0**-32
 
 
 def simulate_redistribution(image: Image.Image) -> Image.Image:
@@ -118,28 +132,56 @@ def simulate_redistribution(image: Image.Image) -> Image.Image:
     return half.resize((w, h), Image.Resampling.BICUBIC)
 
 
-class Watermarker:
-    """Embed and decode the 8-byte generation-record payload.
+@dataclass(frozen=True, slots=True)
+class _KeyedReader:
+    key_id: str
+    method: WatermarkMethod
+    code: PayloadCode
 
+
+class Watermarker:
+    """Embed and decode the 8-byte generation-record payload under the deployment's keys.
+
+    ``keys`` is the deployment's :class:`WatermarkKeyring` (or its keys, current first): the
+    current key embeds, every key decodes. There is no default key on purpose: a key anyone can
+    read from the source lets anyone stamp a real record's payload onto any image.
     ``strengths`` is the ladder :meth:`embed_verified` climbs, weakest (least visible) first.
-    ``key`` separates deployments: another key lays the carriers out differently and whitens
-    the frame differently, so it reads nothing.
+    ``method`` builds the hiding method for one key (:class:`TiledSpreadSpectrum` by default).
     """
 
     algorithm = ALGORITHM
 
     def __init__(
         self,
-        method: WatermarkMethod | None = None,
+        keys: WatermarkKeyring | Sequence[WatermarkKey],
         *,
         strengths: Sequence[float] = DEFAULT_STRENGTHS,
-        key: bytes = DEFAULT_KEY,
+        method: MethodFactory = TiledSpreadSpectrum,
     ) -> None:
         if not strengths or any(s <= 0 for s in strengths):
             raise ValueError("a Watermarker needs at least one positive strength")
         self.strengths = tuple(float(s) for s in strengths)
-        self.method: WatermarkMethod = method if method is not None else TiledSpreadSpectrum(key, CODED_BITS)
-        self.code = PayloadCode(key)
+        self.keyring = keys if isinstance(keys, WatermarkKeyring) else WatermarkKeyring(keys)
+        self._readers = tuple(
+            _KeyedReader(k.id, method(k.secret, CODED_BITS), PayloadCode(k.secret)) for k in self.keyring.keys
+        )
+        # The current key's method and code: what embedding uses.
+        self.method: WatermarkMethod = self._readers[0].method
+        self.code: PayloadCode = self._readers[0].code
+
+    @classmethod
+    def with_key(cls, secret: bytes, *, strengths: Sequence[float] = DEFAULT_STRENGTHS) -> Watermarker:
+        """A watermarker with one in-memory key (tests, benchmarks, one-off tools)."""
+        return cls(WatermarkKeyring.from_secrets(secret), strengths=strengths)
+
+    @property
+    def current_key_id(self) -> str:
+        """The id of the key new marks are made with."""
+        return self._readers[0].key_id
+
+    def false_positive_bound(self) -> float:
+        """:func:`false_positive_bound` for this watermarker: every key it tries counts."""
+        return false_positive_bound(n_keys=len(self._readers))
 
     def _coded(self, payload: bytes) -> NDArray[np.uint8]:
         if not isinstance(payload, bytes | bytearray) or len(payload) != PAYLOAD_BYTES:
@@ -164,23 +206,32 @@ class Watermarker:
         return marked
 
     def decode(self, image: Image.Image) -> WatermarkReading:
-        """Look for the mark; the first candidate whose CRC matches is the answer."""
+        """Look for the mark under each key, current first; the first candidate whose CRC
+        matches is the answer."""
         w, h = image.size
         if min(w, h) < MIN_DECODE_SIDE:
             return WatermarkReading(found=False, payload=None, confidence=0.0)
-        for batch in self.method.candidates(np.asarray(image.convert("RGB"))):
+        rgb = np.asarray(image.convert("RGB"))
+        for reader in self._readers:
+            reading = self._decode_with(reader, rgb)
+            if reading is not None:
+                return reading
+        return WatermarkReading(found=False, payload=None, confidence=0.0)
+
+    @staticmethod
+    def _decode_with(reader: _KeyedReader, rgb: NDArray[np.uint8]) -> WatermarkReading | None:
+        for batch in reader.method.candidates(rgb):
             # The strongest sync peak's neighbourhood first: on a marked image it almost always
             # holds the mark, and a 9-row Viterbi batch is a fraction of the full one.
             for rows in (slice(0, 9), slice(9, None)):
-                for frame in self.code.decode(batch.soft[rows]) if len(batch.soft[rows]) else ():
+                for frame in reader.code.decode(batch.soft[rows]) if len(batch.soft[rows]) else ():
                     if frame.payload is not None:
-                        name = (
-                            self.method.name
-                            if batch.scale == 1.0
-                            else f"{self.method.name}@{batch.scale:.3g}x"
+                        name = reader.method.name
+                        name = name if batch.scale == 1.0 else f"{name}@{batch.scale:.3g}x"
+                        return WatermarkReading(
+                            True, frame.payload, round(frame.agreement, 4), name, reader.key_id
                         )
-                        return WatermarkReading(True, frame.payload, round(frame.agreement, 4), name)
-        return WatermarkReading(found=False, payload=None, confidence=0.0)
+        return None
 
     def embed_verified(self, image: Image.Image, payload: bytes, attempts: int = 3) -> Image.Image:
         """Embed, then prove the payload still decodes after :func:`simulate_redistribution`
@@ -198,6 +249,7 @@ class Watermarker:
                 survived.found
                 and survived.payload == payload
                 and survived.confidence >= VERIFY_AGREEMENT
+                and survived.key_id == self.current_key_id
                 and self.decode(marked).payload == payload
             ):
                 return marked

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from consentry.gateway.cli import consent_cmds, gate_cmds, setup_cmds, watermark_cmds
+from consentry.gateway.cli import calibrate_cmd, consent_cmds, gate_cmds, setup_cmds, watermark_cmds
 from consentry.gateway.cli.parser import build
 from consentry.policies.errors import ConsentryError, RefusedError, StageError
 
@@ -22,6 +22,7 @@ HANDLERS = {
     "demo": setup_cmds.cmd_demo,
     "serve": setup_cmds.cmd_serve,
     "keys_init": setup_cmds.cmd_keys_init,
+    "keys_rotate_watermark": setup_cmds.cmd_keys_rotate_watermark,
     "models_tiny": setup_cmds.cmd_models_tiny,
     "principal_add": consent_cmds.cmd_principal_add,
     "enroll": consent_cmds.cmd_enroll,
@@ -33,7 +34,7 @@ HANDLERS = {
     "verify": gate_cmds.cmd_verify,
     "audit_verify": gate_cmds.cmd_audit_verify,
     "audit_export": gate_cmds.cmd_audit_export,
-    "calibrate": gate_cmds.cmd_calibrate,
+    "calibrate": calibrate_cmd.cmd_calibrate,
     "watermark_embed": watermark_cmds.cmd_watermark_embed,
     "watermark_decode": watermark_cmds.cmd_watermark_decode,
 }

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -14,7 +13,10 @@ from consentry.gateway.storage.principals import LOCAL_ACTOR
 from consentry.policies.config import Settings
 from consentry.policies.errors import BadInputError, ConsentryError
 
-__all__ = ["LOCAL_ACTOR", "b64_file", "load_settings", "parse_time", "read_file", "with_gate"]
+if TYPE_CHECKING:
+    from consentry.gateway.gate import Gate
+
+__all__ = ["LOCAL_ACTOR", "load_settings", "parse_time", "read_file", "read_files", "with_gate"]
 
 
 def load_settings() -> Settings:
@@ -31,8 +33,8 @@ def read_file(path: str) -> bytes:
         raise BadInputError(f"cannot read {path}: {exc.strerror}", code="input.file_unreadable") from exc
 
 
-def b64_file(path: str) -> str:
-    return base64.b64encode(read_file(path)).decode()
+def read_files(paths: list[str] | None) -> tuple[bytes, ...]:
+    return tuple(read_file(p) for p in paths or [])
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -44,7 +46,7 @@ def parse_time(text: str | None) -> datetime | None:
         raise BadInputError(f"{text!r} is not an ISO 8601 time", code="input.time_invalid") from exc
 
 
-async def with_gate(fn: Callable[[Any], Awaitable[int]]) -> int:
+async def with_gate(fn: Callable[[Gate], Awaitable[int]]) -> int:
     from consentry.gateway.wiring import open_gate
 
     gate = await open_gate(load_settings())

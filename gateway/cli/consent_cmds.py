@@ -7,15 +7,16 @@ import asyncio
 import hashlib
 import json
 import sys
-from typing import Any
 
-from consentry.gateway.cli.common import LOCAL_ACTOR, b64_file, parse_time, read_file, with_gate
+from consentry.gateway.cli.common import LOCAL_ACTOR, parse_time, read_file, read_files, with_gate
+from consentry.gateway.gate import Gate
+from consentry.gateway.requests import EnrollmentRequest
 from consentry.policies.errors import BadInputError
 
 
 def cmd_principal_add(args: argparse.Namespace) -> int:
-    async def run(gate: Any) -> int:
-        issued = await gate.principals.create(args.name, args.role)
+    async def run(gate: Gate) -> int:
+        issued = await gate.create_principal(LOCAL_ACTOR, args.name, args.role)
         print(json.dumps({"id": issued.principal.id, "role": args.role, "api_key": issued.secret}))
         print("Store the API key now: it is not kept and cannot be shown again.", file=sys.stderr)
         return 0
@@ -24,8 +25,6 @@ def cmd_principal_add(args: argparse.Namespace) -> int:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from consentry.gateway.schemas import EnrollRequest
-
     if args.library:
         if args.photos:
             raise BadInputError("give photo files or --library, not both", code="input.invalid")
@@ -34,9 +33,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         return cmd_enroll_library(args)
     if not args.photos or not args.label:
         raise BadInputError("enroll needs --label and photo files (or --library DIR)", code="input.invalid")
-    req = EnrollRequest(label=args.label, photos=[b64_file(p) for p in args.photos])
+    req = EnrollmentRequest(label=args.label, photos=read_files(args.photos))
 
-    async def run(gate: Any) -> int:
+    async def run(gate: Gate) -> int:
         identity = await gate.enroll(LOCAL_ACTOR, req)
         print(json.dumps({"id": identity.id, "label": identity.label, "photos": len(req.photos)}))
         return 0
@@ -45,10 +44,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_grant(args: argparse.Namespace) -> int:
-    from consentry.gateway.schemas import GrantRequest
+    from consentry.gateway.schemas import GrantBody
 
     text = read_file(args.consent_text) if args.consent_text else b"consentry default consent text v1"
-    req = GrantRequest(
+    # The HTTP body schema checks the same rules (future expiry, use counts) for the CLI.
+    req = GrantBody(
         identity_id=args.identity,
         principal=args.principal,
         purposes=args.purpose,
@@ -57,9 +57,9 @@ def cmd_grant(args: argparse.Namespace) -> int:
         max_uses=args.max_uses,
         attested_by=args.attested_by,
         consent_text_sha256=hashlib.sha256(text).hexdigest(),
-    )
+    ).to_request()
 
-    async def run(gate: Any) -> int:
+    async def run(gate: Gate) -> int:
         grant = await gate.grant(LOCAL_ACTOR, req)
         print(
             json.dumps({"id": grant.id, "identity_id": grant.identity_id, "purposes": list(grant.purposes)})
@@ -70,7 +70,7 @@ def cmd_grant(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    async def run(gate: Any) -> int:
+    async def run(gate: Gate) -> int:
         await gate.revoke(LOCAL_ACTOR, args.grant)
         print(json.dumps({"id": args.grant, "revoked": True}))
         return 0
@@ -79,7 +79,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    async def run(gate: Any) -> int:
+    async def run(gate: Gate) -> int:
         counts = await gate.erase(LOCAL_ACTOR, args.identity)
         print(json.dumps({"id": args.identity, "erased": True, **counts}))
         return 0
@@ -88,8 +88,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_key_revoke(args: argparse.Namespace) -> int:
-    async def run(gate: Any) -> int:
-        await gate.principals.revoke_key(args.key)
+    async def run(gate: Gate) -> int:
+        await gate.revoke_key(LOCAL_ACTOR, args.key)
         print(json.dumps({"id": args.key, "revoked": True}))
         return 0
 

@@ -1,31 +1,34 @@
-"""Commands that use the gate: generate, provenance, audit, calibration."""
+"""Commands that use the gate: generate, provenance, audit."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TextIO
 
-from consentry.gateway.cli.common import b64_file, load_settings, parse_time, with_gate
+from consentry.gateway.cli.common import LOCAL_ACTOR, parse_time, read_file, read_files, with_gate
+from consentry.gateway.cli.render import provenance_text
+from consentry.gateway.gate import Gate
+from consentry.gateway.requests import GenerationRequest
+from consentry.policies.consent import Purpose
 from consentry.policies.errors import BadInputError
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from consentry.gateway.schemas import GenerateRequest
-
-    req = GenerateRequest(
+    req = GenerationRequest(
         subject_id=args.subject,
-        purpose=args.purpose,
+        purpose=Purpose(args.purpose),
         prompt=args.prompt,
         seed=args.seed,
-        references=[b64_file(p) for p in args.reference or []],
+        references=read_files(args.reference),
     )
 
-    async def run(gate: Any) -> int:
-        principal = await gate.principals.by_name(args.as_principal)
+    async def run(gate: Gate) -> int:
+        principal = await gate.principal_named(LOCAL_ACTOR, args.as_principal)
         release = await gate.generate(principal, req)
         note = "  (UNTRAINED model: the image is noise-like by design)" if release.untrained else ""
         print(
@@ -39,24 +42,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    data = b64_file(args.file)
+    data = read_file(args.file)
 
-    async def run(gate: Any) -> int:
-        report = await gate.verify_provenance(data)
-        if args.json:
-            print(json.dumps(report, indent=2, default=str))
-        else:
-            from consentry.gateway.render import provenance_text
-
-            print(provenance_text(report))
+    async def run(gate: Gate) -> int:
+        report = await gate.verify_provenance(LOCAL_ACTOR, data)
+        print(json.dumps(report.as_dict(), indent=2, default=str) if args.json else provenance_text(report))
         return 0
 
     return asyncio.run(with_gate(run))
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    async def run(gate: Any) -> int:
-        report = await gate.verify_audit(None)
+    async def run(gate: Gate) -> int:
+        report = await gate.verify_audit(LOCAL_ACTOR)
         if args.json:
             print(json.dumps(report.as_dict()))
         else:
@@ -77,62 +75,28 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         since=parse_time(args.since),
         until=parse_time(args.until),
     )
-
+    # A file is written under a temporary name and renamed at the end: a failed export leaves
+    # no half-written file behind.
+    target = Path(args.out) if args.out else None
+    tmp = target.with_name(f".{target.name}.partial") if target else None
     try:
-        out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+        out: TextIO = open(tmp, "w", newline="", encoding="utf-8") if tmp else sys.stdout  # noqa: SIM115
     except OSError as exc:
         raise BadInputError(f"cannot write {args.out}: {exc.strerror}", code="input.file_unwritable") from exc
 
-    async def run(gate: Any) -> int:
-        try:
-            async for line in export_lines(gate.audit.events(), flt, args.format):
-                out.write(line)
-        finally:
-            if out is not sys.stdout:
-                out.close()
+    async def run(gate: Gate) -> int:
+        async for line in export_lines(gate.audit_events(LOCAL_ACTOR), flt, args.format):
+            out.write(line)
         return 0
 
-    return asyncio.run(with_gate(run))
-
-
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    """Measure face matching on DIR/<person>/<photo> and optionally configure the threshold.
-
-    The report goes to ``--report`` or ``DATA_DIR/calibration-report.html`` (state and
-    artefacts live under the data directory, not wherever the command happens to run).
-    ``--write-config`` without a file writes the file Settings reads (``config_file()``).
-    Nothing is written unless the whole measurement succeeded.
-    """
-    from consentry.gateway.calibrate import calibrate, scan_photos, write_match_threshold
-    from consentry.gateway.calibrate_report import summary_text, write_report
-    from consentry.gateway.wiring import build_analyzer
-    from consentry.policies.config import config_file
-
-    settings = load_settings()
-    root = Path(args.dir)
-    photos = scan_photos(root)  # bad folders fail here, before the models load
-    result = calibrate(
-        photos,
-        build_analyzer(settings),
-        max_image_bytes=settings.max_image_bytes,
-        max_image_pixels=settings.max_image_pixels,
-        root=root,
-    )
-    report = write_report(
-        result,
-        Path(args.report) if args.report else settings.data_dir / "calibration-report.html",
-        settings.match_threshold,
-    )
-    config = None
-    if args.write_config is not None:
-        config = Path(args.write_config) if args.write_config else config_file()
-        write_match_threshold(config, result.chosen.point.threshold)
-    if args.json:
-        out = result.as_dict() | {"report": str(report), "config_written": str(config) if config else None}
-        print(json.dumps(out, indent=2))
-        return 0
-    print(summary_text(result, settings.match_threshold))
-    print(f"report: {report}")
-    if config is not None:
-        print(f"match_threshold = {result.chosen.point.threshold} written to {config}")
-    return 0
+    try:
+        code = asyncio.run(with_gate(run))
+    except BaseException:
+        if tmp:
+            out.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    if tmp and target:
+        out.close()
+        os.replace(tmp, target)
+    return code

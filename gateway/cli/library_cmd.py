@@ -1,5 +1,9 @@
 """``consentry enroll --library DIR``: enroll a person found in a local photo library.
 
+Finding, grouping and drawing the faces is the detectors' (:mod:`consentry.detectors.library`,
+:mod:`consentry.detectors.contact_sheets`); this adapter prints, asks which group, and enrolls
+the chosen group's photos through ``gate.enroll`` like any other enrollment.
+
 Human-facing text (progress, skipped files, the list of groups, prompts) goes to stderr; the
 one JSON line of the enrolled identity goes to stdout, as with ``consentry enroll``.
 """
@@ -12,19 +16,18 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from consentry.detectors.contact_sheets import write_contact_sheets
+from consentry.detectors.library import FaceGroup, enrollment_photos, find_images, group_faces, scan_library
 from consentry.gateway.cli.common import load_settings, with_gate
-from consentry.gateway.library import (
-    FaceGroup,
-    enroll_group,
-    enrollment_photos,
-    find_images,
-    group_faces,
-    scan_library,
-    write_contact_sheets,
-)
+from consentry.gateway.requests import EnrollmentRequest
+from consentry.gateway.storage.principals import LOCAL_ACTOR, PrincipalView
 from consentry.policies.errors import BadInputError
+
+if TYPE_CHECKING:
+    from consentry.gateway.gate import Gate
+    from consentry.gateway.storage.subjects import IdentityView
 
 # Beyond this many, the listing stops (a big library has many one-face groups); every group
 # still has its sheet and can be picked by number.
@@ -67,6 +70,37 @@ def _choose(groups: list[FaceGroup]) -> FaceGroup | None:
         _say(f"  {answer!r} is not a group number")
 
 
+async def enroll_group(
+    gate: Gate,
+    group: FaceGroup,
+    label: str,
+    *,
+    actor: PrincipalView = LOCAL_ACTOR,
+    max_photos: int = 8,
+) -> IdentityView:
+    """Enroll ``group`` as a new identity through ``gate.enroll`` (a :class:`Gate`).
+
+    The photos are read again and go through the normal enrollment rules; their errors
+    (``enroll.too_few_photos``, ``enroll.inconsistent``, ``enroll.duplicate_identity``, ...)
+    surface unchanged, with photo numbers in the order of :func:`enrollment_photos`.
+    """
+    photos = enrollment_photos(group, max_photos)
+    if not photos:
+        crowded = max(f.large_faces for f in group.faces)
+        raise BadInputError(
+            f"group {group.number} has no photo where its face is the only large one "
+            f"(its photos show up to {crowded} faces of at least {gate.settings.min_enroll_face_px} px)",
+            code="enroll.too_few_photos",
+        )
+    files = []
+    for path in photos:
+        try:
+            files.append(path.read_bytes())
+        except OSError as exc:
+            raise BadInputError(f"cannot read {path}: {exc.strerror}", code="input.file_unreadable") from exc
+    return await gate.enroll(actor, EnrollmentRequest(label=label, photos=tuple(files)))
+
+
 def cmd_enroll_library(args: argparse.Namespace) -> int:
     """Scan ``args.library``, write contact sheets, and enroll the group ``args.pick`` (or the
     one the operator types). Exit 2 without touching anything when no group can be picked."""
@@ -97,7 +131,15 @@ def cmd_enroll_library(args: argparse.Namespace) -> int:
 
     async def run(gate: Any) -> int:
         with _progress(len(files)) as bar:
-            scan = scan_library(root, gate.analyzer, gate.settings, files=files, progress=bar.update)
+            scan = scan_library(
+                root,
+                gate.analyzer,
+                min_face_px=gate.settings.min_enroll_face_px,
+                max_image_bytes=gate.settings.max_image_bytes,
+                max_image_pixels=gate.settings.max_image_pixels,
+                files=files,
+                progress=bar.update,
+            )
         for skipped in scan.skipped:
             _say(f"skipped {skipped.path}: [{skipped.code}] {skipped.reason}")
         groups = group_faces(scan, gate.settings.match_threshold)
@@ -106,7 +148,12 @@ def cmd_enroll_library(args: argparse.Namespace) -> int:
                 f"no face of at least {settings.min_enroll_face_px} px in {scan.files} images under {root}",
                 code="library.no_faces",
             )
-        groups = write_contact_sheets(groups, sheets_dir, gate.settings)
+        groups = write_contact_sheets(
+            groups,
+            sheets_dir,
+            max_image_bytes=gate.settings.max_image_bytes,
+            max_image_pixels=gate.settings.max_image_pixels,
+        )
         _say(f"{len(scan.faces)} faces in {scan.files} images, {len(groups)} groups; sheets in {sheets_dir}")
         _list_groups(groups)
         if args.pick is not None:

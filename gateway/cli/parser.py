@@ -30,9 +30,21 @@ def build(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
 
-    keys = sub.add_parser("keys", help="Signing keys").add_subparsers(dest="keys_command", required=True)
-    init = command("init", "keys_init", "Create a development CA and ES256 signing certificate", keys)
-    init.add_argument("--force", action="store_true", help="replace existing keys")
+    keys = sub.add_parser("keys", help="Signing and watermark keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    init = command(
+        "init", "keys_init", "Create a development CA, ES256 signing certificate and watermark key", keys
+    )
+    init.add_argument(
+        "--force", action="store_true", help="replace existing signing keys (never the watermark keys)"
+    )
+    command(
+        "rotate-watermark",
+        "keys_rotate_watermark",
+        "Make a new current watermark key; older keys still decode released images",
+        keys,
+    )
 
     models = sub.add_parser("models", help="Generation models").add_subparsers(
         dest="models_command", required=True

@@ -1,4 +1,10 @@
-"""Operator tools for trust-and-safety checks: embed or decode a watermark without the gate."""
+"""Operator tools for trust-and-safety checks: embed or decode a watermark without the gate.
+
+Both use the deployment's watermark keyring (``keys_dir/watermark``): embedding with the current
+key, decoding with every key, so what these tools read is what the gateway's verification reads.
+There is no fallback key: embedding on a fresh deployment creates its first key (as the gateway
+does on first run); decoding without a keyring fails with ``keys.watermark_missing``.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +13,42 @@ import io
 import json
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from consentry.gateway.cli.common import load_settings, read_file
 from consentry.policies.errors import BadInputError
 
+if TYPE_CHECKING:
+    from PIL import Image
 
-def _image(path: str):  # type: ignore[no-untyped-def]
+    from consentry.provenance.watermark import Watermarker
+
+
+def _image(path: str) -> Image.Image:
     from consentry.detectors.images import decode_image
 
     s = load_settings()
     return decode_image(read_file(path), max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
 
 
-def cmd_watermark_embed(args: argparse.Namespace) -> int:
+def _watermarker(*, create: bool) -> Watermarker:
+    """The deployment's watermarker. Embedding on a fresh deployment creates its first key, as
+    the gateway does on first run; decoding never invents a key that could not have marked."""
     from consentry.provenance.watermark import Watermarker
+    from consentry.provenance.watermark_keys import WatermarkKeyring
 
+    keys_dir = load_settings().keys_dir
+    ring = WatermarkKeyring.load_or_create(keys_dir) if create else WatermarkKeyring.load(keys_dir)
+    return Watermarker(ring)
+
+
+def cmd_watermark_embed(args: argparse.Namespace) -> int:
     try:
         payload = bytes.fromhex(args.payload) if args.payload else secrets.token_bytes(8)
     except ValueError as exc:
         raise BadInputError("--payload must be 16 hex digits", code="watermark.payload_invalid") from exc
-    marked = Watermarker().embed(_image(args.input), payload)
+    watermarker = _watermarker(create=True)
+    marked = watermarker.embed(_image(args.input), payload)
     out = Path(args.output)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}.get(out.suffix.lower())
     if fmt is None:
@@ -37,23 +59,26 @@ def cmd_watermark_embed(args: argparse.Namespace) -> int:
         out.write_bytes(buf.getvalue())
     except OSError as exc:
         raise BadInputError(f"cannot write {out}: {exc.strerror}", code="input.file_unwritable") from exc
-    print(json.dumps({"output": str(out), "payload": payload.hex()}))
+    print(json.dumps({"output": str(out), "payload": payload.hex(), "key_id": watermarker.current_key_id}))
     return 0
 
 
 def cmd_watermark_decode(args: argparse.Namespace) -> int:
-    from consentry.provenance.watermark import Watermarker
-
-    reading = Watermarker().decode(_image(args.input))
+    watermarker = _watermarker(create=False)
+    reading = watermarker.decode(_image(args.input))
     result = {
         "found": reading.found,
         "payload": reading.payload.hex() if reading.payload else None,
         "confidence": round(float(reading.confidence), 4),
+        "key_id": reading.key_id,
     }
     if args.json:
         print(json.dumps(result))
     elif reading.found:
-        print(f"watermark found: payload {result['payload']} (confidence {result['confidence']:.2f})")
+        print(
+            f"watermark found: payload {result['payload']} "
+            f"(confidence {result['confidence']:.2f}, key {reading.key_id})"
+        )
     else:
-        print("no Consentry watermark found")
+        print(f"no watermark made with this deployment's keys ({len(watermarker.keyring)} tried)")
     return 0

@@ -17,7 +17,7 @@ import pytest_asyncio
 from litestar import Litestar
 
 from consentry.gateway.plugin import ConsentryConfig, create_app
-from consentry.gateway.service import Gate
+from consentry.gateway.gate import Gate
 from consentry.generation.tiny import build_tiny_pipeline
 from consentry.policies.config import Settings
 from consentry.provenance.keys import init_dev_keys

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from consentry.gateway.calibrate import write_match_threshold
 from consentry.gateway.cli import main
+from consentry.gateway.cli.calibrate_cmd import write_match_threshold
 from consentry.policies.config import Settings
 from consentry.policies.errors import ConfigurationError
 

@@ -182,7 +182,7 @@ def test_watermark_tools(data_dir: Path, faces_dir: Path, tmp_path: Path, capsys
         reading["found"] is True and reading["payload"] == "00112233aabbccdd" and reading["confidence"] > 0.5
     )
     assert main(["watermark", "decode", str(src), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"found": False, "payload": None, "confidence": 0.0}
+    assert json.loads(capsys.readouterr().out) == {"found": False, "payload": None, "confidence": 0.0, "key_id": None}
     assert main(["watermark", "embed", str(src), str(out), "--payload", "xyz"]) == 2
     assert main(["watermark", "embed", str(src), str(tmp_path / "o.gif")]) == 2
     assert main(["watermark", "decode", str(faces_dir / "invalid" / "truncated.jpg")]) == 2

@@ -71,6 +71,7 @@ async def test_granted_principal_gets_a_watermarked_signed_image(client, world, 
         "verify_output",
         "watermark",
         "sign",
+        "release",
     ]
     assert all(v["allowed"] for v in body["stages"].values())
     assert body["stages"]["verify_refs"]["scores"]["subject_min"] >= 0.9

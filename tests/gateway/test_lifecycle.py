@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from consentry.gateway.service import Gate
+from consentry.gateway.gate import Gate
 from tests.gateway.conftest import AppClient, b64
 
 A, B = "George_W_Bush", "Colin_Powell"

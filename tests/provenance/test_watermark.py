@@ -20,8 +20,10 @@ from consentry.provenance.watermark import (
     false_positive_bound,
     simulate_redistribution,
 )
+from consentry.provenance.watermark_keys import WatermarkKeyring
 
 Attack = Callable[[Image.Image], Image.Image]
+KEY = b"tests.provenance.watermark-key"  # a deployment's key; there is no default
 
 
 def _photos(faces_dir: Path) -> list[Path]:
@@ -82,7 +84,7 @@ def _psnr(a: Image.Image, b: Image.Image) -> float:
 
 @pytest.fixture(scope="module")
 def wm() -> Watermarker:
-    return Watermarker()
+    return Watermarker.with_key(KEY)
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +148,17 @@ def test_unmarked_images_are_not_found(wm: Watermarker, faces_dir: Path) -> None
 def test_false_positive_bound_is_the_crc_union_bound() -> None:
     assert false_positive_bound(2) == pytest.approx(144 * 2.0**-32)
     assert false_positive_bound() < 1e-6
+    # Every key a deployment decodes with is one more chance for noise to pass the CRC.
+    assert false_positive_bound(n_keys=3) == pytest.approx(3 * false_positive_bound())
+    three = Watermarker(WatermarkKeyring.from_secrets(KEY, b"older key number 1", b"older key number 2"))
+    assert three.false_positive_bound() == pytest.approx(3 * Watermarker.with_key(KEY).false_positive_bound())
 
 
 def test_another_key_does_not_read_our_mark(wm: Watermarker, marked: list) -> None:
     _, _, image, payload = marked[0]
     assert wm.decode(image).payload == payload
-    assert not Watermarker(key=b"another deployment").decode(image).found
+    assert wm.decode(image).key_id == wm.current_key_id
+    assert not Watermarker.with_key(b"another deployment").decode(image).found
 
 
 @pytest.mark.parametrize("payload", [b"", b"1234567", b"123456789", "12345678", bytes(16)])
@@ -182,7 +189,7 @@ def test_alpha_is_kept(wm: Watermarker, faces_dir: Path) -> None:
 
 
 def test_a_mark_too_weak_to_survive_is_refused(faces_dir: Path) -> None:
-    faint = Watermarker(strengths=(0.05,))  # a twentieth of a grey level: rounding erases it
+    faint = Watermarker.with_key(KEY, strengths=(0.05,))  # a twentieth of a grey level: rounding erases it
     image = _square(_photos(faces_dir)[3], 256)
     with pytest.raises(WatermarkNotDecodableError) as info:
         faint.embed_verified(image, bytes.fromhex("00112233deadbeef"), attempts=3)
@@ -190,7 +197,7 @@ def test_a_mark_too_weak_to_survive_is_refused(faces_dir: Path) -> None:
 
 
 def test_embed_verified_climbs_to_a_stronger_rung(faces_dir: Path) -> None:
-    ladder = Watermarker(strengths=(0.05, 2.5))
+    ladder = Watermarker.with_key(KEY, strengths=(0.05, 2.5))
     image = _square(_photos(faces_dir)[3], 256)
     payload = bytes.fromhex("00112233deadbeef")
     with pytest.raises(WatermarkNotDecodableError):

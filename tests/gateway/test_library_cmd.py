@@ -1,9 +1,8 @@
-"""Enrollment from a photo library, for real: 100 LFW photos of 10 people, shuffled and renamed.
+"""``consentry enroll --library``: enrolling a group found in a photo library, for real.
 
-The photos are symlinked into a temporary folder under neutral names, so the code sees nothing
-but pixels; the test alone keeps the name -> person map. Ground truth is per face: the face
-nearest the centre of an LFW frame is the labelled person; every other face (bystanders) has no
-known label and is left out of purity and completeness.
+The library is 100 LFW photos of 10 people, shuffled and renamed
+(:mod:`tests.detectors.library_photos`); scanning and grouping are tested in
+``tests/detectors/test_library.py``, the enrollment through the gate and the command here.
 """
 
 from __future__ import annotations
@@ -12,63 +11,27 @@ import argparse
 import asyncio
 import io
 import json
-import random
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from PIL import Image
 
-from consentry.detectors.clustering import completeness, purity
-from consentry.detectors.enrollment import face_size
-from consentry.gateway.cli.library_cmd import cmd_enroll_library
-from consentry.gateway.library import (
-    FaceGroup,
-    LibraryFace,
-    LibraryScan,
-    enroll_group,
-    enrollment_photos,
-    group_faces,
-    scan_library,
-    write_contact_sheets,
-)
-from consentry.gateway.service import Gate
+from consentry.detectors.library import FaceGroup, LibraryScan, enrollment_photos, group_faces, scan_library
+from consentry.gateway.cli.library_cmd import cmd_enroll_library, enroll_group
+from consentry.gateway.gate import Gate
 from consentry.gateway.wiring import open_gate
 from consentry.policies.config import Settings
 from consentry.policies.errors import BadInputError, ConflictError
+from tests.detectors.library_photos import build_library, link_library, majority
 
 pytestmark = pytest.mark.slow
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the gate fixture lives in that loop
 
-LFW_SIDE = 250
-CENTRE_TOLERANCE_PX = 30  # labelled faces are centred within 17 px in these photos
-
-
-def link_library(root: Path, photos: list[Path], seed: int) -> dict[str, str]:
-    """Symlink ``photos`` into ``root`` under shuffled neutral names; returns name -> person."""
-    root.mkdir(parents=True)
-    shuffled = photos[:]
-    random.Random(seed).shuffle(shuffled)
-    truth = {}
-    for i, photo in enumerate(shuffled, start=1):
-        name = f"IMG_{i:04d}.jpg"
-        (root / name).symlink_to(photo)
-        truth[name] = photo.parent.name
-    return truth
-
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path) -> tuple[Path, dict[str, str]]:
-    root = tmp_path_factory.mktemp("library") / "photos"
-    truth = link_library(root, sorted((faces_dir / "lfw").glob("*/*.jpg")), seed=4)
-    (root / "old").mkdir()
-    (root / "old" / "broken.jpg").symlink_to(faces_dir / "invalid" / "truncated.jpg")
-    (root / "notes.txt").write_text("not a photo")
-    (root / ".thumbnails").mkdir()  # hidden: a cache that would double every face
-    (root / ".thumbnails" / "IMG_0001.jpg").symlink_to(root / "IMG_0001.jpg")
-    return root, truth
+    return build_library(tmp_path_factory.mktemp("library") / "photos", faces_dir)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -83,62 +46,13 @@ async def gate(
 
 @pytest.fixture(scope="module")
 def scan(gate: Gate, library: tuple[Path, dict[str, str]]) -> LibraryScan:
-    return scan_library(library[0], gate.analyzer, gate.settings)
-
-
-def person_of(face: LibraryFace, truth: dict[str, str]) -> str | None:
-    x, y = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
-    centred = max(abs(x - LFW_SIDE / 2), abs(y - LFW_SIDE / 2)) <= CENTRE_TOLERANCE_PX
-    return truth[face.path.name] if centred else None
-
-
-def majority(group: FaceGroup, truth: dict[str, str]) -> str | None:
-    known = [p for p in (person_of(f, truth) for f in group.faces) if p is not None]
-    return Counter(known).most_common(1)[0][0] if known else None
-
-
-@in_module_loop
-async def test_scan_skips_the_broken_file_and_ignores_the_rest(scan: LibraryScan, library) -> None:  # type: ignore[no-untyped-def]
-    _, truth = library
-    assert scan.files == 101  # 100 photos + the broken one; notes.txt and .thumbnails are not images
-    assert [(s.path.name, s.code) for s in scan.skipped] == [("broken.jpg", "image.invalid")]
-    assert {f.path.name for f in scan.faces} <= set(truth)
-    assert all(face_size(f.box) >= 80 for f in scan.faces)
-
-
-@in_module_loop
-async def test_groups_are_the_people(scan: LibraryScan, gate: Gate, library) -> None:  # type: ignore[no-untyped-def]
-    _, truth = library
-    groups = group_faces(scan, gate.settings.match_threshold)
-    assert [g.size for g in groups] == sorted((g.size for g in groups), reverse=True)
-    assert [g.number for g in groups] == list(range(1, len(groups) + 1))
-    faces = [f for g in groups for f in g.faces]
-    predicted = [g.number for g in groups for _ in g.faces]
-    labels = [person_of(f, truth) for f in faces]
-    p, c = purity(predicted, labels), completeness(predicted, labels)
-    labelled = sum(label is not None for label in labels)
-    print(
-        f"\nlibrary: {len(faces)} faces >= 80 px, {labelled} labelled (of 100 photos), "
-        f"{len(groups)} groups, sizes {[g.size for g in groups]}; purity {p:.4f}, completeness {c:.4f}"
+    return scan_library(
+        library[0],
+        gate.analyzer,
+        min_face_px=gate.settings.min_enroll_face_px,
+        max_image_bytes=gate.settings.max_image_bytes,
+        max_image_pixels=gate.settings.max_image_pixels,
     )
-    assert labelled >= 95 and labelled == len({f.path for f, lab in zip(faces, labels, strict=True) if lab})
-    assert p >= 0.9 and c >= 0.9
-    # The ten biggest groups are the ten people, one each.
-    assert sorted(majority(g, truth) for g in groups[:10]) == sorted(set(truth.values()))
-
-
-@in_module_loop
-async def test_contact_sheets(scan: LibraryScan, gate: Gate, tmp_path: Path) -> None:
-    groups = write_contact_sheets(group_faces(scan, gate.settings.match_threshold), tmp_path, gate.settings)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"group_{g.number:03d}.png" for g in groups]
-    for g in groups:
-        assert g.sheet is not None
-        with Image.open(g.sheet) as sheet:
-            assert sheet.size == (6 * 112, 36 + -(-g.size // 6) * 112)
-            header = sheet.crop((0, 0, sheet.width, 36)).convert("L")
-            assert header.getextrema()[1] > 200  # the group number is drawn in white
-            cell = sheet.crop((0, 36, 112, 148)).convert("L")
-            assert cell.getextrema()[1] - cell.getextrema()[0] > 60  # a face, not an empty cell
 
 
 @in_module_loop

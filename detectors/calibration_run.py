@@ -7,24 +7,23 @@ does: MTCNN detection, our alignment and the configured embedder. Each photo con
 face: the largest confident face whose box contains the image centre, else the face nearest the
 centre (LFW's convention: the labelled person is the centred face; bystanders sit at the edges).
 Every same-person pair is a genuine pair and every different-person pair an impostor pair; the
-metrics and the choice of threshold are ``detectors.calibration``'s.
+metrics and the choice of threshold are ``detectors.calibration``'s, the HTML report
+``detectors.calibration_report``'s. Writing the chosen threshold into the configuration is the
+CLI's (``consentry calibrate --write-config``).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import tempfile
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomli_w
 
-from consentry.detectors.analyzer import FaceAnalyzer
+from consentry.detectors.analyzer import Analyzer
 from consentry.detectors.calibration import (
     STANDARD_FARS,
     ChosenThreshold,
@@ -40,7 +39,7 @@ from consentry.detectors.calibration import (
 )
 from consentry.detectors.detection import DetectedFace
 from consentry.detectors.images import decode_image
-from consentry.policies.errors import BadInputError, ConfigurationError, ConsentryError
+from consentry.policies.errors import BadInputError
 
 BATCH = 16  # photos per analyzer call: large enough to batch, small enough to bound memory
 
@@ -148,7 +147,7 @@ def pick_face(faces: Sequence[DetectedFace], size: tuple[int, int]) -> int:
 
 def calibrate(
     photos: Sequence[Photo],
-    analyzer: FaceAnalyzer,
+    analyzer: Analyzer,
     *,
     max_image_bytes: int,
     max_image_pixels: int,
@@ -229,33 +228,3 @@ def _errors(scores: PairScores, samples: Sequence[Photo], threshold: float) -> t
             out.append(PairError(float(score), genuine, samples[i].path, samples[j].path))
     # Worst first: the furthest on the wrong side of the threshold.
     return tuple(sorted(out, key=lambda e: -abs(e.score - threshold)))
-
-
-def write_match_threshold(config: Path, threshold: float) -> None:
-    """Set ``match_threshold`` in a TOML file, keeping its other keys (comments are lost:
-    tomli_w writes data, not layout). Written to a temporary file and renamed into place, so
-    a crash leaves the old file or the new one, never half of one."""
-    data: dict[str, Any] = {}
-    if config.exists():
-        try:
-            data = tomllib.loads(config.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigurationError(f"cannot read {config}: {exc}", code="config.invalid") from exc
-    data["match_threshold"] = float(threshold)
-    config.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{config.name}.", suffix=".tmp", dir=config.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(tomli_w.dumps(data).encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        if config.exists():
-            os.chmod(tmp, config.stat().st_mode & 0o7777)
-        os.replace(tmp, config)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise ConsentryError(
-                f"cannot write {config}: {exc.strerror}", code="config.write_failed"
-            ) from exc
-        raise

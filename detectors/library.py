@@ -1,10 +1,12 @@
-"""Enrollment from a local photo library: find the faces, group them by person, enroll one group.
+"""A local photo library: find the faces, group them by person, pick enrollment photos.
 
 The operator points the gate at a folder tree (a camera roll, a photo export); every face large
 enough to enroll is detected and embedded, the faces are grouped by identity
-(:mod:`detectors.clustering`), a contact sheet per group shows who is who, and the group the
-operator picks is enrolled through :meth:`Gate.enroll` — the same quality and duplicate rules as
-any enrollment, so a library enrollment is never weaker than a hand-picked one.
+(:mod:`detectors.clustering`), a contact sheet per group shows who is who
+(:mod:`detectors.contact_sheets`), and the group the operator picks is enrolled by the gateway
+(``consentry enroll --library``) through the normal enrollment, with the photos
+:func:`enrollment_photos` picks: the same quality and duplicate rules as any enrollment, so a
+library enrollment is never weaker than a hand-picked one.
 
 Files are read with the same decoding limits as uploads; a file that cannot be read or decoded
 is reported and skipped, never fatal.
@@ -12,28 +14,20 @@ is reported and skipped, never fatal.
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from consentry.detectors.analyzer import FaceAnalyzer
+from consentry.detectors.analyzer import Analyzer
 from consentry.detectors.clustering import cluster_embeddings
 from consentry.detectors.enrollment import face_size
 from consentry.detectors.images import DECODABLE_FORMATS, decode_image
-from consentry.gateway.schemas import EnrollRequest
-from consentry.gateway.storage.principals import LOCAL_ACTOR, PrincipalView
-from consentry.gateway.storage.subjects import IdentityView
-from consentry.policies.config import Settings
 from consentry.policies.errors import BadInputError, ConsentryError
-
-if TYPE_CHECKING:
-    from consentry.gateway.service import Gate
 
 # Every file extension Pillow maps to a format we decode (".jpg", ".jpeg", ".png", ".webp", ...).
 IMAGE_SUFFIXES = frozenset(
@@ -44,8 +38,9 @@ IMAGE_SUFFIXES = frozenset(
 @dataclass(frozen=True, slots=True)
 class LibraryFace:
     """One face found in the library. ``large_faces`` counts the faces of its photo that are at
-    least ``min_enroll_face_px`` (measured as the enrollment rule measures them,
-    :func:`detectors.enrollment.face_size`): only photos with exactly one can be enrollment photos."""
+    least the scan's ``min_face_px`` (the gate's ``min_enroll_face_px``, measured as the
+    enrollment rule measures them, :func:`detectors.enrollment.face_size`): only photos with
+    exactly one can be enrollment photos."""
 
     path: Path
     box: tuple[float, float, float, float]
@@ -113,9 +108,11 @@ def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 
 def scan_library(
     root: Path,
-    analyzer: FaceAnalyzer,
-    settings: Settings,
+    analyzer: Analyzer,
     *,
+    min_face_px: int,
+    max_image_bytes: int,
+    max_image_pixels: int,
     files: Sequence[Path] | None = None,
     batch_size: int = 16,
     progress: Callable[[int], Any] | None = None,
@@ -123,12 +120,12 @@ def scan_library(
     """Detect and embed the faces of every image under ``root`` (blocking: torch).
 
     ``files`` is ``find_images(root)`` when the caller has it already (to size a progress bar).
-    Only faces of at least ``settings.min_enroll_face_px`` (``face_size``) are kept: smaller ones
-    could not be enrolled and embed less reliably. ``progress(n)`` is called after each batch
-    with the number of files it held.
+    Only faces of at least ``min_face_px`` (``face_size``; the gate passes its
+    ``min_enroll_face_px``) are kept: smaller ones could not be enrolled and embed less reliably.
+    Files are decoded under ``max_image_bytes`` and ``max_image_pixels``, as uploads are.
+    ``progress(n)`` is called after each batch with the number of files it held.
     """
     paths = list(files) if files is not None else find_images(root)
-    min_px = settings.min_enroll_face_px
     faces: list[LibraryFace] = []
     skipped: list[SkippedFile] = []
     for batch in _batches(paths, batch_size):
@@ -137,11 +134,7 @@ def scan_library(
         for path in batch:
             try:
                 data = path.read_bytes()
-                images.append(
-                    decode_image(
-                        data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
-                    )
-                )
+                images.append(decode_image(data, max_bytes=max_image_bytes, max_pixels=max_image_pixels))
                 decoded.append(path)
             except OSError as exc:
                 skipped.append(SkippedFile(path, "input.file_unreadable", exc.strerror or str(exc)))
@@ -149,7 +142,7 @@ def scan_library(
                 skipped.append(SkippedFile(path, exc.code, exc.detail))
         for path, found in zip(decoded, analyzer.analyze(images) if images else [], strict=True):
             # The size measure of the enrollment rule, so that "large" means the same thing here.
-            large = [i for i, face in enumerate(found.faces) if face_size(face.box) >= min_px]
+            large = [i for i, face in enumerate(found.faces) if face_size(face.box) >= min_face_px]
             faces.extend(
                 LibraryFace(
                     path, found.faces[i].box, found.faces[i].probability, found.embeddings[i], len(large)
@@ -179,64 +172,6 @@ def group_faces(scan: LibraryScan, threshold: float) -> list[FaceGroup]:
     return groups
 
 
-def _crop(image: Image.Image, box: tuple[float, float, float, float], side: int) -> Image.Image:
-    """A square crop around the face with some margin (hair, chin), resized to ``side``."""
-    x1, y1, x2, y2 = box
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    half = max(x2 - x1, y2 - y1) * 0.65
-    region = (round(cx - half), round(cy - half), round(cx + half), round(cy + half))
-    # Image.crop pads outside the image with black, which keeps faces at the edge centred.
-    return image.crop(region).resize((side, side), Image.Resampling.LANCZOS)
-
-
-def write_contact_sheet(
-    group: FaceGroup,
-    out_dir: Path,
-    settings: Settings,
-    *,
-    thumb: int = 112,
-    columns: int = 6,
-    limit: int = 36,
-) -> Path:
-    """Draw up to ``limit`` face crops of ``group`` in a grid under a header naming the group."""
-    shown = group.faces[:limit]
-    rows = max(1, -(-len(shown) // columns))
-    header = 36
-    sheet = Image.new("RGB", (columns * thumb, header + rows * thumb), (24, 24, 24))
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=22)
-    more = f" (first {len(shown)} shown)" if len(shown) < group.size else ""
-    faces = "face" if group.size == 1 else "faces"
-    photos = "photo" if group.photos == 1 else "photos"
-    title = f"#{group.number}  {group.size} {faces}, {group.photos} {photos}{more}"
-    draw.text((8, 6), title, fill="white", font=font)
-    cache: dict[Path, Image.Image | None] = {}
-    for k, face in enumerate(shown):
-        if face.path not in cache:
-            try:
-                cache[face.path] = decode_image(
-                    face.path.read_bytes(),
-                    max_bytes=settings.max_image_bytes,
-                    max_pixels=settings.max_image_pixels,
-                )
-            except (OSError, ConsentryError):
-                cache[face.path] = None  # changed since the scan: leave its cell empty
-        image = cache[face.path]
-        if image is not None:
-            sheet.paste(
-                _crop(image, face.box, thumb), ((k % columns) * thumb, header + (k // columns) * thumb)
-            )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"group_{group.number:03d}.png"
-    sheet.save(path)
-    return path
-
-
-def write_contact_sheets(groups: Sequence[FaceGroup], out_dir: Path, settings: Settings) -> list[FaceGroup]:
-    """One contact sheet per group in ``out_dir``; returns the groups with ``sheet`` set."""
-    return [replace(g, sheet=write_contact_sheet(g, out_dir, settings)) for g in groups]
-
-
 def enrollment_photos(group: FaceGroup, max_photos: int | None = 8) -> list[Path]:
     """The group's best enrollment photos (all of them when ``max_photos`` is None): most typical
     first, only photos where this face is the one large face (the enrollment rule), each once."""
@@ -247,34 +182,3 @@ def enrollment_photos(group: FaceGroup, max_photos: int | None = 8) -> list[Path
             if len(chosen) == max_photos:
                 break
     return chosen
-
-
-async def enroll_group(
-    gate: Gate,
-    group: FaceGroup,
-    label: str,
-    *,
-    actor: PrincipalView = LOCAL_ACTOR,
-    max_photos: int = 8,
-) -> IdentityView:
-    """Enroll ``group`` as a new identity through ``gate.enroll`` (a :class:`Gate`).
-
-    The photos are read again and go through the normal enrollment rules; their errors
-    (``enroll.too_few_photos``, ``enroll.inconsistent``, ``enroll.duplicate_identity``, ...)
-    surface unchanged, with photo numbers in the order of :func:`enrollment_photos`.
-    """
-    photos = enrollment_photos(group, max_photos)
-    if not photos:
-        crowded = max(f.large_faces for f in group.faces)
-        raise BadInputError(
-            f"group {group.number} has no photo where its face is the only large one "
-            f"(its photos show up to {crowded} faces of at least {gate.settings.min_enroll_face_px} px)",
-            code="enroll.too_few_photos",
-        )
-    encoded = []
-    for path in photos:
-        try:
-            encoded.append(base64.b64encode(path.read_bytes()).decode())
-        except OSError as exc:
-            raise BadInputError(f"cannot read {path}: {exc.strerror}", code="input.file_unreadable") from exc
-    return await gate.enroll(actor, EnrollRequest(label=label, photos=encoded))

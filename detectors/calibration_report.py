@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from consentry.gateway.calibrate import CalibrationResult
+from consentry.detectors.calibration_run import CalibrationResult
 from consentry.policies.errors import ConsentryError
 
 W, H = 640, 360

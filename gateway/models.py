@@ -1,0 +1,77 @@
+"""Lazy holders for the gate's models: each builds its model once, on first use or at warm-up.
+
+They implement the same Protocols as the models they hold (:class:`Analyzer`, :class:`Generator`),
+so stages take them like any other implementation. Commands that never touch a model (``grant``,
+``audit verify``) therefore never load one, and the HTTP lifespan loads both before the first
+request.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+from PIL import Image
+
+from consentry.detectors.analyzer import AnalyzedImage, Analyzer
+from consentry.detectors.embedders import Embedder
+from consentry.generation.base import GenerationJob, GenerationOutput, Generator
+
+M = TypeVar("M")
+
+
+class _Lazy(Generic[M]):
+    def __init__(self, build: Callable[[], M], *, owned: bool = True) -> None:
+        self._build = build
+        self._model: M | None = None
+        self._owned = owned
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> M:
+        with self._lock:
+            if self._model is None:
+                self._model = self._build()
+            return self._model
+
+    def load(self) -> None:
+        self.model  # noqa: B018 - building is the point
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+
+class LazyAnalyzer(_Lazy[Analyzer]):
+    @property
+    def embedder(self) -> Embedder:
+        return self.model.embedder
+
+    def analyze(self, images: Sequence[Image.Image]) -> list[AnalyzedImage]:
+        return self.model.analyze(images)
+
+    def close(self) -> None:
+        """Face models hold no resources beyond memory."""
+
+
+class LazyGenerator(_Lazy[Generator]):
+    def __init__(self, build: Callable[[], Generator], *, name: str, owned: bool = True) -> None:
+        super().__init__(build, owned=owned)
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self.model.name if self.loaded else self._name
+
+    @property
+    def untrained(self) -> bool:
+        return self.model.untrained
+
+    def generate(self, job: GenerationJob) -> GenerationOutput:
+        return self.model.generate(job)
+
+    def close(self) -> None:
+        # Close only what this holder built: an injected generator belongs to whoever made it.
+        if self._model is not None and self._owned:
+            self._model.close()

@@ -1,0 +1,59 @@
+"""What the Gate's operations take: plain typed requests with image files as bytes.
+
+No base64 and no HTTP here: the HTTP schemas (:mod:`consentry.gateway.schemas`) and the CLI
+decode their own wire formats into these. Images stay as the uploaded file bytes until the Gate
+decodes them (under the configured limits, in a worker thread).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from consentry.policies.consent import Purpose
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnrollmentRequest:
+    """Enroll one protected person from photos that each show exactly that person."""
+
+    label: str
+    """The operator's label for the identity; never leaves the gateway."""
+    photos: tuple[bytes, ...]
+    """Image files (JPEG, PNG, ...), each with exactly one face."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GrantRequest:
+    """Record a subject's consent for one principal."""
+
+    identity_id: str
+    principal: str
+    """Grantee principal id or name."""
+    purposes: tuple[Purpose, ...]
+    attested_by: str
+    """Who collected the consent."""
+    consent_text_sha256: str
+    """SHA-256 (hex) of the consent text the subject was shown."""
+    deny_terms: tuple[str, ...] = ()
+    expires_at: datetime | None = None
+    max_uses: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerationRequest:
+    """Generate images of a consenting subject. ``None`` sizes and steps take the settings'
+    defaults; ranges are checked against :mod:`consentry.policies.limits` by the wire schema
+    and again by the generation job."""
+
+    subject_id: str
+    purpose: Purpose
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int | None = None
+    width: int | None = None
+    height: int | None = None
+    num_images: int = 1
+    references: tuple[bytes, ...] = field(default=())
+    """Reference photo files of the subject."""

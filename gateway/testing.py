@@ -1,0 +1,173 @@
+"""Fakes for testing the gate's flow without face or diffusion models.
+
+Each is a real implementation of the Protocol it stands in for (like httpx's ``MockTransport``):
+the Gate, the flow, storage, watermarking and signing around them run for real. Nothing here is
+monkeypatching.
+
+- :class:`FingerprintAnalyzer` knows which people each image shows by the image's pixel
+  fingerprint, and embeds each person as a fixed unit vector, so enrollment, the identity index
+  and the face rules work exactly as with real models.
+- :class:`PhotoGenerator` "draws" a given photo: register it with the analyzer and the output
+  check sees that person in the output.
+- :class:`FailingGenerator` and :class:`FailingCheck` fail (raise, or hang past the stage budget)
+  so fail-closed behaviour can be shown for any step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from consentry.detectors.analyzer import AnalyzedImage
+from consentry.detectors.detection import DetectedFace
+from consentry.gateway.flow import GateJob
+from consentry.generation.base import GenerationJob, GenerationOutput
+from consentry.policies.decision import Verdict
+
+FAKE_DIM = 128
+
+
+def fingerprint(image: Image.Image) -> str:
+    """Identifies an image by its decoded pixels, so the same picture is recognised whether it
+    arrives as PNG bytes or as a PIL image."""
+    rgb = image.convert("RGB")
+    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
+def person_vector(person: str) -> np.ndarray:
+    """A fixed unit vector per person. Random 128-d directions are near-orthogonal (|cos| well
+    under 0.5), so two fake people never match at any realistic threshold."""
+    seed = int.from_bytes(hashlib.sha256(person.encode()).digest()[:8], "big")
+    v = np.random.default_rng(seed).standard_normal(FAKE_DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def synthetic_photo(seed: int, size: int = 256) -> Image.Image:
+    """A distinct, deterministic, photo-like RGB image (smooth colour fields, not pixel noise,
+    which JPEG would flatten and the watermark could not live in): something to register as a
+    person's photo."""
+    coarse = np.random.default_rng(seed).integers(40, 216, (6, 6, 3), dtype=np.uint8)
+    return Image.fromarray(coarse, "RGB").resize((size, size), Image.Resampling.BICUBIC)
+
+
+@dataclass(frozen=True, slots=True)
+class FakeEmbedder:
+    """Describes the fake embedding space (the index keys templates by embedder name)."""
+
+    name: str = "fake-fingerprint"
+    dim: int = FAKE_DIM
+    chip_size: int = 150
+    chip_padding: float = 0.25
+    device: str = "cpu"
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        raise NotImplementedError("the fingerprint analyzer embeds whole images, not chips")
+
+
+def _face(index: int, size: int) -> DetectedFace:
+    """A face box that passes the enrollment size rule; faces of one image do not overlap."""
+    x = 10.0 + index * (size + 10)
+    y = 10.0
+    eyes = ((x + size * 0.3, y + size * 0.4), (x + size * 0.7, y + size * 0.4))
+    nose = (x + size * 0.5, y + size * 0.6)
+    mouth = ((x + size * 0.35, y + size * 0.8), (x + size * 0.65, y + size * 0.8))
+    return DetectedFace(box=(x, y, x + size, y + size), probability=0.999, landmarks=(*eyes, nose, *mouth))
+
+
+@dataclass
+class FingerprintAnalyzer:
+    """An :class:`~consentry.detectors.analyzer.Analyzer` that maps image fingerprints to the
+    people they show. Unregistered images show nobody; a person registered as ``None`` is a face
+    that matches no one (a stranger)."""
+
+    face_px: int = 100
+    embedder: FakeEmbedder = field(default_factory=FakeEmbedder)
+    _people: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    calls: int = 0
+
+    def register(self, image: Image.Image, *people: str) -> Image.Image:
+        """Declare that ``image`` shows ``people`` (left to right); returns the image."""
+        with self._lock:
+            self._people[fingerprint(image)] = tuple(people)
+        return image
+
+    def analyze(self, images: Sequence[Image.Image]) -> list[AnalyzedImage]:
+        with self._lock:
+            self.calls += 1
+            shown = [self._people.get(fingerprint(img), ()) for img in images]
+        out = []
+        for people in shown:
+            faces = tuple(_face(i, self.face_px) for i in range(len(people)))
+            rows = [person_vector(p) for p in people]
+            matrix = np.stack(rows) if rows else np.zeros((0, FAKE_DIM), dtype=np.float32)
+            out.append(AnalyzedImage(faces, matrix.astype(np.float32)))
+        return out
+
+
+class PhotoGenerator:
+    """A :class:`~consentry.generation.base.Generator` that draws ``photo`` for every image asked
+    for, whatever the prompt (register the photo with the analyzer to say who it shows)."""
+
+    untrained = False
+
+    def __init__(self, photo: Image.Image, name: str = "fake-photo-generator") -> None:
+        self.photo = photo.convert("RGB")
+        self.name = name
+        self.jobs: list[GenerationJob] = []
+
+    def generate(self, job: GenerationJob) -> GenerationOutput:
+        self.jobs.append(job)
+        start = time.perf_counter()
+        images = tuple(self.photo.copy() for _ in range(job.num_images))
+        elapsed = (time.perf_counter() - start) * 1000.0
+        return GenerationOutput(
+            images=images, model=self.name, untrained=False, seed=job.seed, steps=job.steps, elapsed_ms=elapsed
+        )
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class FailingGenerator:
+    """A generator that raises ``error`` (any exception), or blocks for ``hang_s`` seconds, as a
+    model that crashes or hangs would."""
+
+    untrained = False
+
+    def __init__(self, error: BaseException | None = None, *, hang_s: float = 0.0) -> None:
+        self.error = error
+        self.hang_s = hang_s
+        self.name = "failing-generator"
+
+    def generate(self, job: GenerationJob) -> GenerationOutput:
+        if self.hang_s:
+            time.sleep(self.hang_s)
+        raise self.error or RuntimeError("the generator crashed")
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class FailingCheck:
+    """A check stage (reference or output faces) that raises ``error`` or waits ``hang_s`` seconds
+    and then allows: put it in a :class:`~consentry.gateway.flow.Stages` to show that the gate
+    refuses when a check cannot decide."""
+
+    def __init__(self, error: BaseException | None = None, *, hang_s: float = 0.0) -> None:
+        self.error = error
+        self.hang_s = hang_s
+
+    async def check(self, job: GateJob, *_: object) -> Verdict:
+        if self.hang_s:
+            await asyncio.sleep(self.hang_s)
+        if self.error is not None:
+            raise self.error
+        return Verdict.allow("slow check finished")

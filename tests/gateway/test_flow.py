@@ -1,0 +1,288 @@
+"""The generate flow with the package's own fakes: every refusal code, faults, timeouts, and the
+race for a grant's last use. Storage, watermarking, signing and auditing are real; only the face
+and diffusion models are fakes (real implementations of the same Protocols).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import io
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from consentry.gateway.flow import STAGES, Stages
+from consentry.gateway.gate import Gate, Release
+from consentry.gateway.requests import EnrollmentRequest, GenerationRequest, GrantRequest
+from consentry.gateway.stages import WatermarkStage
+from consentry.gateway.storage.principals import LOCAL_ACTOR, PrincipalView
+from consentry.gateway.testing import (
+    FailingCheck,
+    FailingGenerator,
+    FingerprintAnalyzer,
+    PhotoGenerator,
+    synthetic_photo,
+)
+from consentry.gateway.wiring import open_gate
+from consentry.generation.base import GenerationJob, GenerationOutput, Generator
+from consentry.policies import codes
+from consentry.policies.config import Settings
+from consentry.policies.consent import Purpose
+from consentry.policies.errors import BadInputError, ConsentryError, RefusedError, StageError
+from consentry.provenance.watermark import Watermarker
+from consentry.provenance.watermark_keys import WatermarkKeyring
+
+ALICE, BOB, STRANGER = "alice", "bob", "stranger"
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class World:
+    gate: Gate
+    analyzer: FingerprintAnalyzer
+    alice: str
+    bob: str
+    p: PrincipalView
+    q: PrincipalView
+    grant_id: str
+    photos: dict[str, Image.Image]
+
+    def ask(self, prompt: str = "a portrait", *, refs: tuple[str, ...] = ()) -> GenerationRequest:
+        return GenerationRequest(
+            subject_id=self.alice,
+            purpose=Purpose.portrait,
+            prompt=prompt,
+            references=tuple(png(self.photos[r]) for r in refs),
+        )
+
+    async def events(self) -> list[tuple[str, str]]:
+        return [(e.kind, e.body.get("decision", "")) async for e in self.gate.audit.events()]
+
+
+@pytest.fixture
+async def build(database_url: str, tmp_path: Path, dev_keys: Path) -> AsyncIterator[Callable[..., object]]:
+    """Opens a gate on fakes; ``output`` names whose photo ``generator`` is given to draw."""
+    gates: list[Gate] = []
+
+    async def make(
+        *,
+        output: str | None = ALICE,
+        generator: Callable[[Image.Image], Generator] = PhotoGenerator,
+        adjust: Callable[[Stages], Stages] | None = None,
+        max_uses: int | None = None,
+        **overrides: object,
+    ) -> World:
+        analyzer = FingerprintAnalyzer()
+        photos: dict[str, Image.Image] = {}
+        for n, who in enumerate((ALICE, BOB, STRANGER)):
+            for k in range(4):
+                photos[f"{who}{k}"] = analyzer.register(synthetic_photo(100 * n + k), who)
+        photos["nobody"] = synthetic_photo(999)  # registered as showing no face
+        photos["group"] = analyzer.register(synthetic_photo(998), ALICE, BOB)
+        drawn = photos[f"{output}3"] if output else photos["nobody"]
+        settings = Settings(
+            data_dir=tmp_path, database_url=database_url, keys_dir=dev_keys, device="cpu", **overrides
+        )
+        gate = await open_gate(settings, analyzer=analyzer, generator=generator(drawn), adjust_stages=adjust)
+        gates.append(gate)
+        alice = await gate.enroll(
+            LOCAL_ACTOR,
+            EnrollmentRequest(label="A", photos=tuple(png(photos[f"alice{k}"]) for k in range(3))),
+        )
+        bob = await gate.enroll(
+            LOCAL_ACTOR, EnrollmentRequest(label="B", photos=tuple(png(photos[f"bob{k}"]) for k in range(3)))
+        )
+        p = (await gate.create_principal(LOCAL_ACTOR, "P", "requester")).principal
+        q = (await gate.create_principal(LOCAL_ACTOR, "Q", "requester")).principal
+        grant = await gate.grant(
+            LOCAL_ACTOR,
+            GrantRequest(
+                identity_id=alice.id,
+                principal=p.id,
+                purposes=(Purpose.portrait,),
+                attested_by="test",
+                consent_text_sha256=hashlib.sha256(b"consent").hexdigest(),
+                deny_terms=("uniform",),
+                max_uses=max_uses,
+            ),
+        )
+        return World(gate, analyzer, alice.id, bob.id, p, q, grant.id, photos)
+
+    yield make
+    for gate in gates:
+        await gate.close()
+
+
+async def refused(world: World, req: GenerationRequest, who: PrincipalView | None = None) -> ConsentryError:
+    with pytest.raises((RefusedError, StageError)) as info:
+        await world.gate.generate(who or world.p, req)
+    assert (await world.events())[-1] == ("generation.refused", info.value.code), "refusal not audited"
+    return info.value
+
+
+async def test_release_runs_every_stage_in_order(build) -> None:  # type: ignore[no-untyped-def]
+    world = await build()
+    release: Release = await world.gate.generate(world.p, world.ask(refs=("alice3",)))
+    assert list(release.decision.verdicts) == list(STAGES)
+    assert release.decision.code == codes.RELEASED
+    assert release.decision.verdicts["verify_output"].scores["subject_min"] > 0.99
+    assert release.paths[0].read_bytes() == release.images[0]
+    assert (await world.events())[-1] == ("generation.released", codes.RELEASED)
+    record = await world.gate.records.by_watermark(release.watermark)
+    assert record is not None and record.id == release.record_id
+
+
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [
+        ("no grant", codes.CONSENT_MISSING),
+        ("wrong purpose", codes.CONSENT_PURPOSE),
+        ("deployment deny term", codes.CONSENT_PROMPT_DENIED),
+        ("grant deny term", codes.CONSENT_PROMPT_DENIED),
+        ("reference without a face", codes.FACE_NONE),
+        ("reference of a stranger", codes.FACE_UNKNOWN),
+        ("reference of another enrolled person", codes.FACE_PROTECTED),
+        ("group reference", codes.FACE_PROTECTED),
+    ],
+)
+async def test_request_refusals(build, case: str, code: str) -> None:  # type: ignore[no-untyped-def]
+    world = await build()
+    req, who = world.ask(), world.p
+    if case == "no grant":
+        who = world.q
+    elif case == "wrong purpose":
+        req = dataclasses.replace(req, purpose=Purpose.marketing)
+    elif case == "deployment deny term":
+        req = dataclasses.replace(req, prompt="nude portrait")
+    elif case == "grant deny term":
+        req = dataclasses.replace(req, prompt="in uniform")
+    else:
+        ref = {"reference without a face": "nobody", "reference of a stranger": "stranger0"}.get(case)
+        ref = ref or ("bob3" if "another" in case else "group")
+        req = world.ask(refs=(ref,))
+    error = await refused(world, req, who)
+    assert error.code == code and error.status == 403
+    assert not list((world.gate.settings.output_dir).glob("*.png")), "an image left"
+
+
+@pytest.mark.parametrize(
+    ("drawn", "code"), [(BOB, codes.OUTPUT_PROTECTED), (STRANGER, codes.OUTPUT_MISMATCH)]
+)
+async def test_output_refusals(build, drawn: str, code: str) -> None:  # type: ignore[no-untyped-def]
+    world = await build(output=drawn)
+    error = await refused(world, world.ask())
+    assert error.code == code
+    assert list(error.extra["stages"])[-1] == "verify_output"
+
+
+async def test_output_without_face_is_refused_when_a_face_is_required(build) -> None:  # type: ignore[no-untyped-def]
+    world = await build(output=None, require_output_face=True)
+    assert (await refused(world, world.ask())).code == codes.OUTPUT_MISMATCH
+
+
+async def test_grant_lifecycle_refusals(build) -> None:  # type: ignore[no-untyped-def]
+    world = await build(max_uses=1)
+    await world.gate.generate(world.p, world.ask())
+    assert (await refused(world, world.ask())).code == codes.CONSENT_EXHAUSTED
+    await world.gate.revoke(LOCAL_ACTOR, world.grant_id)
+    assert (await refused(world, world.ask())).code == codes.CONSENT_REVOKED
+    await world.gate.erase(LOCAL_ACTOR, world.alice)
+    assert (await refused(world, world.ask())).code == codes.CONSENT_SUBJECT_INACTIVE
+
+
+async def test_expired_grant(build) -> None:  # type: ignore[no-untyped-def]
+    world = await build()
+    soon = datetime.now(UTC) + timedelta(milliseconds=300)
+    await world.gate.grant(
+        LOCAL_ACTOR,
+        GrantRequest(
+            identity_id=world.alice,
+            principal=world.q.id,
+            purposes=(Purpose.portrait,),
+            attested_by="t",
+            consent_text_sha256="0" * 64,
+            expires_at=soon,
+        ),
+    )
+    await asyncio.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.05)
+    assert (await refused(world, world.ask(), world.q)).code == codes.CONSENT_EXPIRED
+
+
+class BarrierGenerator(PhotoGenerator):
+    """Holds each request in the generator until ``parties`` requests are there: both are then
+    past the consent check and race for the grant's last use at release."""
+
+    def __init__(self, photo: Image.Image, parties: int) -> None:
+        super().__init__(photo)
+        self.barrier = threading.Barrier(parties, timeout=10)
+
+    def generate(self, job: GenerationJob) -> GenerationOutput:
+        self.barrier.wait()
+        return super().generate(job)
+
+
+async def test_concurrent_exhaustion_is_refused_as_exhausted(build) -> None:  # type: ignore[no-untyped-def]
+    world = await build(max_uses=1, generator=lambda photo: BarrierGenerator(photo, 2))
+    results = await asyncio.gather(
+        world.gate.generate(world.p, world.ask()),
+        world.gate.generate(world.p, world.ask()),
+        return_exceptions=True,
+    )
+    released = [r for r in results if isinstance(r, Release)]
+    errors = [r for r in results if isinstance(r, ConsentryError)]
+    assert len(released) == 1 and len(errors) == 1, results
+    assert errors[0].code == codes.CONSENT_EXHAUSTED and errors[0].status == 403
+    assert errors[0].extra["stages"]["release"]["code"] == codes.CONSENT_EXHAUSTED
+    decisions = sorted(d for kind, d in await world.events() if kind.startswith("generation."))
+    assert decisions == [codes.CONSENT_EXHAUSTED, codes.RELEASED]
+    assert len(list(world.gate.settings.output_dir.glob("*.png"))) == 1
+    assert (await world.gate.audit.verify()).ok
+
+
+async def test_generator_crash_is_a_fault(build) -> None:  # type: ignore[no-untyped-def]
+    world = await build(generator=lambda _: FailingGenerator(RuntimeError("CUDA error: device-side assert")))
+    error = await refused(world, world.ask())
+    assert (error.code, error.status) == (codes.STAGE_ERROR, 503)
+    assert error.extra["stages"]["generate"]["fault"] is True
+
+
+async def test_hanging_check_times_out(build) -> None:  # type: ignore[no-untyped-def]
+    world = await build(
+        adjust=lambda s: dataclasses.replace(s, outputs=FailingCheck(hang_s=5.0)), stage_timeout_s=0.2
+    )
+    error = await refused(world, world.ask())
+    assert (error.code, error.status) == (codes.STAGE_TIMEOUT, 503)
+    assert error.extra["stages"]["verify_output"]["elapsed_ms"] < 1000
+
+
+async def test_failing_check_is_a_fault(build) -> None:  # type: ignore[no-untyped-def]
+    world = await build(adjust=lambda s: dataclasses.replace(s, references=FailingCheck(ValueError("boom"))))
+    assert (await refused(world, world.ask())).code == codes.STAGE_ERROR
+
+
+async def test_undecodable_watermark_is_a_fault(build, dev_keys: Path) -> None:  # type: ignore[no-untyped-def]
+    faint = Watermarker(WatermarkKeyring.load(dev_keys), strengths=(0.01,))
+    world = await build(adjust=lambda s: dataclasses.replace(s, watermark=WatermarkStage(faint, attempts=1)))
+    error = await refused(world, world.ask())
+    assert (error.code, error.status) == (codes.WATERMARK_FAILED, 503)
+
+
+async def test_bad_parameters_are_answered_before_anything_is_audited(build) -> None:  # type: ignore[no-untyped-def]
+    world = await build()
+    before = await world.events()
+    with pytest.raises(BadInputError) as info:
+        await world.gate.generate(world.p, dataclasses.replace(world.ask(), prompt="x" * 5000))
+    assert info.value.code == "generation.invalid_params"
+    assert await world.events() == before
