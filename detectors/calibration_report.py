@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from consentry.detectors.calibration_run import CalibrationResult
+from consentry.policies import codes
 from consentry.policies.errors import ConsentryError
 
 W, H = 640, 360
@@ -254,7 +255,7 @@ def write_report(result: CalibrationResult, path: Path, current_threshold: float
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise ConsentryError(f"cannot write {path}: {exc.strerror}", code="report.write_failed") from exc
+        raise ConsentryError(f"cannot write {path}: {exc.strerror}", code=codes.REPORT_WRITE_FAILED) from exc
     return path
 
 

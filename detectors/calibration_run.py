@@ -39,6 +39,7 @@ from consentry.detectors.calibration import (
 )
 from consentry.detectors.detection import DetectedFace
 from consentry.detectors.images import decode_image
+from consentry.policies import codes
 from consentry.policies.errors import BadInputError
 
 BATCH = 16  # photos per analyzer call: large enough to batch, small enough to bound memory
@@ -120,7 +121,7 @@ class CalibrationResult:
 def scan_photos(root: Path) -> tuple[Photo, ...]:
     """The photo files under ``root``, by person; cheap checks before any model loads."""
     if not root.is_dir():
-        raise BadInputError(f"{root} is not a directory", code="calibrate.dir_missing")
+        raise BadInputError(f"{root} is not a directory", code=codes.CALIBRATE_DIR_MISSING)
     photos = []
     for person_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for path in sorted(person_dir.iterdir()):
@@ -131,7 +132,7 @@ def scan_photos(root: Path) -> tuple[Photo, ...]:
         raise BadInputError(
             f"{root} holds photos of {len(people)} people; calibration needs folders of at least 2 "
             "(DIR/<person>/<photo>)",
-            code="calibrate.too_few_people",
+            code=codes.CALIBRATE_TOO_FEW_PEOPLE,
         )
     return tuple(photos)
 
@@ -201,19 +202,19 @@ def calibrate(
 
 def _check_samples(samples: Sequence[Photo]) -> None:
     if not samples:
-        raise BadInputError("no photo has a detectable face", code="calibrate.no_faces")
+        raise BadInputError("no photo has a detectable face", code=codes.CALIBRATE_NO_FACES)
     per_person: dict[str, int] = {}
     for s in samples:
         per_person[s.person] = per_person.get(s.person, 0) + 1
     if len(per_person) < 2:
         raise BadInputError(
             "faces were found for only one person; impostor pairs need at least 2",
-            code="calibrate.too_few_people",
+            code=codes.CALIBRATE_TOO_FEW_PEOPLE,
         )
     if max(per_person.values()) < 2:
         raise BadInputError(
             "nobody has 2 photos with a detectable face: there are no genuine pairs",
-            code="calibrate.no_genuine_pairs",
+            code=codes.CALIBRATE_NO_GENUINE_PAIRS,
         )
 
 

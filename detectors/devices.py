@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from consentry.policies import codes
 from consentry.policies.errors import ConfigurationError
 
 
@@ -14,9 +15,9 @@ def resolve_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, ValueError) as exc:
-        raise ConfigurationError(f"unknown torch device {device!r}", code="config.device") from exc
+        raise ConfigurationError(f"unknown torch device {device!r}", code=codes.CONFIG_DEVICE) from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigurationError(
-            f"device {device!r} was requested but CUDA is not available", code="config.device"
+            f"device {device!r} was requested but CUDA is not available", code=codes.CONFIG_DEVICE
         )
     return resolved

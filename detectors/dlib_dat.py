@@ -26,6 +26,7 @@ from typing import Literal, NoReturn
 
 import numpy as np
 
+from consentry.policies import codes
 from consentry.policies.errors import ConfigurationError
 
 Wrapper = Literal["layer", "tag", "skip"]
@@ -105,7 +106,7 @@ def load_dlib_network(path: Path, wrappers: Sequence[Wrapper]) -> DlibNetwork:
     except OSError as exc:
         raise ConfigurationError(
             f"cannot read dlib model weights at {path}: {exc.strerror or exc}",
-            code="model.weights_missing",
+            code=codes.MODEL_WEIGHTS_MISSING,
         ) from exc
     return parse_dlib_network(data, wrappers)
 
@@ -235,7 +236,7 @@ class _Reader:
     def fail(self, why: str) -> NoReturn:
         raise ConfigurationError(
             f"dlib model weights are malformed at byte {self.pos}: {why}",
-            code="model.weights_invalid",
+            code=codes.MODEL_WEIGHTS_INVALID,
         )
 
     def take(self, n: int) -> memoryview:

@@ -40,6 +40,7 @@ from consentry.detectors.dlib_dat import (
     Wrapper,
     load_dlib_network,
 )
+from consentry.policies import codes
 from consentry.policies.errors import ConfigurationError
 
 # (filters, is_down) for every residual block, input side first (alevel4 ... alevel0).
@@ -149,7 +150,7 @@ def face_recognition_models_file(name: str) -> Path:
     raise ConfigurationError(
         f"model file {name!r} not found: install the face_recognition_models package "
         "(pip install face_recognition_models) or pass the weights path explicitly",
-        code="model.weights_missing",
+        code=codes.MODEL_WEIGHTS_MISSING,
     )
 
 
@@ -224,5 +225,5 @@ def _fold_into(conv: nn.Conv2d, source: Conv | None, affine: Affine) -> None:
 def _invalid(why: str) -> NoReturn:
     raise ConfigurationError(
         f"dlib model weights do not match the ResNet face-recognition network: {why}",
-        code="model.weights_invalid",
+        code=codes.MODEL_WEIGHTS_INVALID,
     )

@@ -15,6 +15,7 @@ import torch
 
 from consentry.detectors.devices import resolve_device
 from consentry.detectors.dlib_resnet import EMBEDDING_DIM, DlibResNet, load_dlib_resnet
+from consentry.policies import codes
 from consentry.policies.errors import BadInputError, StageError
 
 
@@ -76,7 +77,7 @@ class DlibResNetEmbedder:
                     result = self._model(batch.to(self.device))
                     out[start : start + len(batch)] = result.float().cpu().numpy()
         except RuntimeError as exc:  # torch reports OOM and kernel failures this way
-            raise StageError(f"face embedding failed: {exc}", code="face.embedding_failed") from exc
+            raise StageError(f"face embedding failed: {exc}", code=codes.FACE_EMBEDDING_FAILED) from exc
         return out
 
     def _check(self, chips: np.ndarray) -> None:
@@ -90,5 +91,5 @@ class DlibResNetEmbedder:
             got = f"{chips.dtype} {chips.shape}" if isinstance(chips, np.ndarray) else type(chips)
             raise BadInputError(
                 f"face chips must be uint8 arrays of shape (N, {size}, {size}, 3); got {got}",
-                code="face.chip_shape",
+                code=codes.FACE_CHIP_SHAPE,
             )

@@ -8,6 +8,7 @@ import numpy as np
 
 from consentry.detectors.analyzer import AnalyzedImage
 from consentry.detectors.index import IdentityIndex, normalise
+from consentry.policies import codes
 from consentry.policies.errors import BadInputError, ConflictError
 
 
@@ -33,7 +34,8 @@ def enrollment_templates(
     """
     if len(photos) < min_photos:
         raise BadInputError(
-            f"enrollment needs at least {min_photos} photos, got {len(photos)}", code="enroll.too_few_photos"
+            f"enrollment needs at least {min_photos} photos, got {len(photos)}",
+            code=codes.ENROLL_TOO_FEW_PHOTOS,
         )
     rows = []
     for number, photo in enumerate(photos, start=1):
@@ -42,7 +44,7 @@ def enrollment_templates(
             what = "no face" if not big else f"{len(big)} faces"
             raise BadInputError(
                 f"photo {number} shows {what} of at least {min_face_px} px; exactly one is required",
-                code="enroll.face_count",
+                code=codes.ENROLL_FACE_COUNT,
                 photo=number,
             )
         rows.append(photo.embeddings[big[0]])
@@ -53,7 +55,7 @@ def enrollment_templates(
         if similarity < threshold:
             raise BadInputError(
                 f"photo {number + 1} does not match the other photos (similarity {similarity:.3f})",
-                code="enroll.inconsistent",
+                code=codes.ENROLL_INCONSISTENT,
                 photo=number + 1,
             )
     # A duplicate is a whole set that matches an enrolled identity: the mean over the new photos
@@ -68,7 +70,7 @@ def enrollment_templates(
             raise ConflictError(
                 f"these photos show a face already enrolled as another identity (photo {photo} most "
                 f"clearly; mean similarity {mean[column]:.3f})",
-                code="enroll.duplicate_identity",
+                code=codes.ENROLL_DUPLICATE_IDENTITY,
                 photo=photo,
             )
     return templates

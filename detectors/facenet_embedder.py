@@ -14,6 +14,7 @@ import torch
 from facenet_pytorch import InceptionResnetV1
 
 from consentry.detectors.devices import resolve_device
+from consentry.policies import codes
 from consentry.policies.errors import BadInputError, ConfigurationError, StageError
 
 
@@ -30,7 +31,7 @@ class FacenetEmbedder:
         if not weights.is_file():
             raise ConfigurationError(
                 f"facenet weights not found at {weights}; set facenet_weights to a state-dict file",
-                code="model.weights_missing",
+                code=codes.MODEL_WEIGHTS_MISSING,
             )
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -40,7 +41,7 @@ class FacenetEmbedder:
             model.load_state_dict(state, strict=True)
         except (RuntimeError, OSError, ValueError, AttributeError, KeyError) as exc:
             raise ConfigurationError(
-                f"{weights} is not an InceptionResnetV1 state dict: {exc}", code="model.weights_invalid"
+                f"{weights} is not an InceptionResnetV1 state dict: {exc}", code=codes.MODEL_WEIGHTS_INVALID
             ) from exc
         self.device = resolve_device(device)
         self.batch_size = batch_size
@@ -49,7 +50,9 @@ class FacenetEmbedder:
     @torch.inference_mode()
     def embed(self, chips: np.ndarray) -> np.ndarray:
         if chips.ndim != 4 or chips.shape[1:] != (self.chip_size, self.chip_size, 3):
-            raise BadInputError(f"expected (N, 160, 160, 3) chips, got {chips.shape}", code="face.chip_shape")
+            raise BadInputError(
+                f"expected (N, 160, 160, 3) chips, got {chips.shape}", code=codes.FACE_CHIP_SHAPE
+            )
         out = []
         try:
             for start in range(0, len(chips), self.batch_size):
@@ -57,7 +60,7 @@ class FacenetEmbedder:
                 x = batch.to(self.device).permute(0, 3, 1, 2).float()
                 out.append(self._model((x - 127.5) / 128.0).float().cpu().numpy())
         except RuntimeError as exc:
-            raise StageError("face embedding failed", code="face.embedding_failed") from exc
+            raise StageError("face embedding failed", code=codes.FACE_EMBEDDING_FAILED) from exc
         if not out:
             return np.zeros((0, self.dim), np.float32)
         # InceptionResnetV1 already L2-normalises its output.

@@ -14,6 +14,7 @@ import io
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from consentry.policies import codes
 from consentry.policies.errors import (
     ConfigurationError,
     ConsentryError,
@@ -41,7 +42,7 @@ def sniff_mime(data: bytes) -> str:
     headers that Pillow itself refuses as decompression bombs.
     """
     if not data:
-        raise InvalidImageError("the upload is empty", code="image.empty")
+        raise InvalidImageError("the upload is empty", code=codes.IMAGE_EMPTY)
     with _open(data, formats=None) as im:
         return Image.MIME.get(im.format or "", "application/octet-stream")
 
@@ -71,7 +72,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
             "truncated images would be accepted half-decoded"
         )
     if not data:
-        raise InvalidImageError("the upload is empty", code="image.empty")
+        raise InvalidImageError("the upload is empty", code=codes.IMAGE_EMPTY)
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"the upload has {len(data)} bytes; the limit is {max_bytes}")
     with _open(data, formats=DECODABLE_FORMATS) as im:
@@ -80,7 +81,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
         if frames > 1 and im.format != "MPO":
             raise InvalidImageError(
                 f"the {im.format} image has {frames} frames; upload a single still image",
-                code="image.multi_frame",
+                code=codes.IMAGE_MULTI_FRAME,
             )
         try:
             im.load()  # frame 0 only; raises on truncated or corrupt data

@@ -27,6 +27,7 @@ from consentry.detectors.analyzer import Analyzer
 from consentry.detectors.clustering import cluster_embeddings
 from consentry.detectors.enrollment import face_size
 from consentry.detectors.images import DECODABLE_FORMATS, decode_image
+from consentry.policies import codes
 from consentry.policies.errors import BadInputError, ConsentryError
 
 # Every file extension Pillow maps to a format we decode (".jpg", ".jpeg", ".png", ".webp", ...).
@@ -89,7 +90,7 @@ def find_images(root: Path) -> list[Path]:
     (thumbnail caches such as ``.thumbnails`` would count every face twice). Symlinked files are
     followed, symlinked folders are not (no loops)."""
     if not root.is_dir():
-        raise BadInputError(f"{root} is not a folder", code="library.not_a_folder")
+        raise BadInputError(f"{root} is not a folder", code=codes.LIBRARY_NOT_A_FOLDER)
     found: list[Path] = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -137,7 +138,7 @@ def scan_library(
                 images.append(decode_image(data, max_bytes=max_image_bytes, max_pixels=max_image_pixels))
                 decoded.append(path)
             except OSError as exc:
-                skipped.append(SkippedFile(path, "input.file_unreadable", exc.strerror or str(exc)))
+                skipped.append(SkippedFile(path, codes.INPUT_FILE_UNREADABLE, exc.strerror or str(exc)))
             except ConsentryError as exc:
                 skipped.append(SkippedFile(path, exc.code, exc.detail))
         for path, found in zip(decoded, analyzer.analyze(images) if images else [], strict=True):

@@ -20,6 +20,7 @@ from consentry.gateway.flow import STAGES
 from consentry.gateway.gate import Gate, Release
 from consentry.gateway.requests import EnrollmentRequest, GenerationRequest, GrantRequest
 from consentry.gateway.storage.principals import LOCAL_ACTOR, PrincipalView
+from consentry.policies import codes
 from consentry.policies.config import Settings
 from consentry.policies.consent import Purpose
 from consentry.policies.errors import ConfigurationError, ConsentryError
@@ -60,7 +61,7 @@ async def _try(name: str, gate: Gate, who: PrincipalView, req: GenerationRequest
         release: Release = await gate.generate(who, req)
     except ConsentryError as exc:
         return Story(name, exc.code, exc.extra.get("stages", {}))
-    return Story(name, "released", release.decision.as_dict(), release.paths)
+    return Story(name, codes.RELEASED, release.decision.as_dict(), release.paths)
 
 
 def print_table(stories: list[Story]) -> None:
@@ -83,7 +84,7 @@ async def run_demo(settings: Settings, out: Path | None) -> int:
     try:
         load_signing_material(settings.keys_dir)
     except ConfigurationError as exc:
-        if exc.code != "keys.missing":
+        if exc.code != codes.KEYS_MISSING:
             raise
         init_dev_keys(settings.keys_dir)
     if not (settings.model_dir / "model_index.json").exists():

@@ -33,6 +33,7 @@ from consentry.gateway.storage.principals import IssuedKey, Principals, Principa
 from consentry.gateway.storage.records import Records
 from consentry.gateway.storage.subjects import IdentityView, Subjects
 from consentry.generation.base import GenerationJob, Generator
+from consentry.policies import codes
 from consentry.policies.config import Settings
 from consentry.policies.consent import GrantTerms
 from consentry.policies.decision import Decision
@@ -195,7 +196,7 @@ class Gate:
         subject = await self.subjects.get(req.subject_id)
         if len(req.references) > s.max_references:
             raise BadInputError(
-                f"at most {s.max_references} reference images", code="input.too_many_references"
+                f"at most {s.max_references} reference images", code=codes.INPUT_TOO_MANY_REFERENCES
             )
         references = tuple(await self._decode(req.references))
         job = GateJob(
@@ -238,7 +239,7 @@ class Gate:
         event = await self.audit.append(REFUSED, body)
         refusal = decision.refusal
         if refusal is None:  # pragma: no cover - the flow returns no release only on a refusal
-            raise StageError("the flow ended without a decision", code="stage.error")
+            raise StageError("the flow ended without a decision", code=codes.STAGE_ERROR)
         name, verdict = refusal
         error_cls = StageError if verdict.fault else RefusedError
         raise error_cls(

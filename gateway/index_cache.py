@@ -30,6 +30,9 @@ class IndexCache:
             if self._index is None or version != self._version:
                 enrolled = await self.subjects.templates(embedder.name)
                 device = str(getattr(embedder, "device", "cpu"))
-                self._index = IdentityIndex(enrolled.identity_ids, enrolled.matrix, device)
+                # Building moves the matrix onto the device: model work, off the event loop.
+                self._index = await asyncio.to_thread(
+                    IdentityIndex, enrolled.identity_ids, enrolled.matrix, device
+                )
                 self._version = version
             return self._index

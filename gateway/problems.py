@@ -9,6 +9,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from pydantic import ValidationError
 
+from consentry.policies import codes
 from consentry.policies.errors import ConsentryError
 
 log = logging.getLogger("consentry.http")
@@ -16,12 +17,12 @@ PROBLEM = "application/problem+json"
 
 # Litestar's own HTTP errors (routing, body limits, decoding) get codes of ours too.
 _LITESTAR_CODES = {
-    400: "input.invalid",
-    401: "auth.invalid_key",
-    404: "route.not_found",
-    405: "route.method_not_allowed",
-    413: "input.too_large",
-    415: "input.unsupported_media_type",
+    400: codes.INPUT_INVALID,
+    401: codes.AUTH_INVALID_KEY,
+    404: codes.ROUTE_NOT_FOUND,
+    405: codes.ROUTE_METHOD_NOT_ALLOWED,
+    413: codes.INPUT_TOO_LARGE,
+    415: codes.INPUT_UNSUPPORTED_MEDIA_TYPE,
 }
 
 
@@ -41,17 +42,17 @@ def consentry_error(_: Request[Any, Any, Any], exc: ConsentryError) -> Response[
 
 def pydantic_error(_: Request[Any, Any, Any], exc: ValidationError) -> Response[dict[str, Any]]:
     errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors(include_url=False)]
-    return problem(400, "input.invalid", "the request body does not match the schema", errors=errors)
+    return problem(400, codes.INPUT_INVALID, "the request body does not match the schema", errors=errors)
 
 
 def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     status = exc.status_code
-    code = _LITESTAR_CODES.get(status, "http.error" if status < 500 else "internal.error")
+    code = _LITESTAR_CODES.get(status, codes.HTTP_ERROR if status < 500 else codes.INTERNAL_ERROR)
     detail = str(exc.detail)
     extra: dict[str, Any] = {}
     if isinstance(exc.__cause__, SerializationException):
         # Litestar wraps a body that does not parse in a plain 400 ClientException.
-        code = "input.malformed_json"
+        code = codes.INPUT_MALFORMED_JSON
     elif isinstance(exc, ValidationException) and isinstance(exc.extra, list):
         extra["errors"] = exc.extra
     return problem(status, code, detail, **extra)
@@ -60,7 +61,7 @@ def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[s
 def unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     # Never a traceback to the client; the log keeps it for the operator.
     log.exception("unhandled error", exc_info=exc)
-    return problem(500, "internal.error", "internal error; the request was not completed")
+    return problem(500, codes.INTERNAL_ERROR, "internal error; the request was not completed")
 
 
 HANDLERS = {

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from consentry.gateway import requests as core
+from consentry.policies import codes
 from consentry.policies.consent import Purpose
 from consentry.policies.errors import BadInputError
 from consentry.policies.limits import (
@@ -39,7 +40,7 @@ def decode_b64(value: str, what: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise BadInputError(f"{what} is not valid base64", code="input.base64_invalid") from exc
+        raise BadInputError(f"{what} is not valid base64", code=codes.INPUT_BASE64_INVALID) from exc
 
 
 def _files(items: list[str], what: str) -> tuple[bytes, ...]:

@@ -63,7 +63,7 @@ async def _score(
 ) -> list[IdentityScores]:
     analyzed = await asyncio.to_thread(analyzer.analyze, list(images))
     current = await index.get()
-    return [current.scores(a.embeddings) for a in analyzed]
+    return await asyncio.to_thread(lambda: [current.scores(a.embeddings) for a in analyzed])
 
 
 class ReferenceFacesStage:

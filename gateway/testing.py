@@ -129,7 +129,12 @@ class PhotoGenerator:
         images = tuple(self.photo.copy() for _ in range(job.num_images))
         elapsed = (time.perf_counter() - start) * 1000.0
         return GenerationOutput(
-            images=images, model=self.name, untrained=False, seed=job.seed, steps=job.steps, elapsed_ms=elapsed
+            images=images,
+            model=self.name,
+            untrained=False,
+            seed=job.seed,
+            steps=job.steps,
+            elapsed_ms=elapsed,
         )
 
     def close(self) -> None:

@@ -38,6 +38,7 @@ from consentry.gateway.storage.subjects import Subjects
 from consentry.gateway.storage.vault import TemplateVault, load_master_key
 from consentry.generation.base import Generator
 from consentry.generation.diffusers_backend import DiffusersTextToImage
+from consentry.policies import codes
 from consentry.policies.config import EmbedderKind, Settings, UnknownFaces
 from consentry.policies.errors import ConfigurationError
 from consentry.provenance.audit_signing import AuditSigner
@@ -53,7 +54,7 @@ def build_analyzer(settings: Settings) -> FaceAnalyzer:
     if settings.embedder is EmbedderKind.facenet:
         if settings.facenet_weights is None:
             raise ConfigurationError(
-                "embedder=facenet needs facenet_weights (a state-dict file)", code="model.weights_missing"
+                "embedder=facenet needs facenet_weights (a state-dict file)", code=codes.MODEL_WEIGHTS_MISSING
             )
         embedder = FacenetEmbedder(settings.facenet_weights, device=settings.device)
     else:

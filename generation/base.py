@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
+from consentry.policies import codes
 from consentry.policies.errors import BadInputError
 from consentry.policies.limits import (
     MAX_GUIDANCE,
@@ -28,11 +29,9 @@ from consentry.policies.limits import (
     SIDE_MULTIPLE,
 )
 
-INVALID_PARAMS = "generation.invalid_params"
-
 
 def _bad(detail: str) -> BadInputError:
-    return BadInputError(detail, code=INVALID_PARAMS)
+    return BadInputError(detail, code=codes.GENERATION_INVALID_PARAMS)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

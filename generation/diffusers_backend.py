@@ -24,6 +24,7 @@ import torch
 
 from consentry.detectors.devices import resolve_device
 from consentry.generation.base import GenerationJob, GenerationOutput
+from consentry.policies import codes
 from consentry.policies.errors import ConfigurationError, ConsentryError, StageError
 
 logger = logging.getLogger(__name__)
@@ -47,12 +48,12 @@ def read_untrained_marker(model_dir: Path) -> bool:
         marker = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigurationError(
-            f"{path} is not readable JSON ({exc}); {_HINT}", code="model.invalid"
+            f"{path} is not readable JSON ({exc}); {_HINT}", code=codes.MODEL_INVALID
         ) from exc
     untrained = marker.get("untrained", False) if isinstance(marker, dict) else None
     if not isinstance(untrained, bool):
         raise ConfigurationError(
-            f"{path} must be a JSON object whose 'untrained' is true or false", code="model.invalid"
+            f"{path} must be a JSON object whose 'untrained' is true or false", code=codes.MODEL_INVALID
         )
     return untrained
 
@@ -69,12 +70,12 @@ class DiffusersTextToImage:
         self.model_dir = Path(model_dir).expanduser().resolve()
         if not self.model_dir.is_dir():
             raise ConfigurationError(
-                f"model folder {self.model_dir} does not exist; {_HINT}", code="model.missing"
+                f"model folder {self.model_dir} does not exist; {_HINT}", code=codes.MODEL_MISSING
             )
         if not (self.model_dir / "model_index.json").is_file():
             raise ConfigurationError(
                 f"{self.model_dir} is not a diffusers pipeline folder (no model_index.json); {_HINT}",
-                code="model.invalid",
+                code=codes.MODEL_INVALID,
             )
         self.name = self.model_dir.name
         self.untrained = read_untrained_marker(self.model_dir)
@@ -106,13 +107,13 @@ class DiffusersTextToImage:
             raise ConfigurationError(
                 f"cannot load the diffusers pipeline in {self.model_dir}: "
                 f"{type(exc).__name__}: {exc}; {_HINT}",
-                code="model.invalid",
+                code=codes.MODEL_INVALID,
             ) from exc
         if "prompt" not in inspect.signature(pipe.__call__).parameters:
             raise ConfigurationError(
                 f"{self.model_dir} holds a {type(pipe).__name__}, which takes no text prompt; "
                 "a text-to-image pipeline is needed",
-                code="model.invalid",
+                code=codes.MODEL_INVALID,
             )
         pipe.set_progress_bar_config(disable=True)
         checker = getattr(pipe, "safety_checker", None)
@@ -131,7 +132,7 @@ class DiffusersTextToImage:
         """Run the pipeline for ``job``; the same job gives the same pixels on the same device."""
         with self._lock:
             if self._pipe is None:
-                raise StageError(f"generator {self.name} is closed", code="generation.closed")
+                raise StageError(f"generator {self.name} is closed", code=codes.GENERATION_CLOSED)
             # A CPU generator makes the initial noise identical on every device.
             generator = torch.Generator(device="cpu").manual_seed(job.seed)
             started = time.perf_counter()
@@ -153,7 +154,7 @@ class DiffusersTextToImage:
             except Exception as exc:  # torch/diffusers errors, CUDA OOM included
                 raise StageError(
                     f"image generation failed in {self.name}: {type(exc).__name__}: {exc}",
-                    code="generation.failed",
+                    code=codes.GENERATION_FAILED,
                 ) from exc
             elapsed_ms = (time.perf_counter() - started) * 1000.0
         flagged = getattr(result, "nsfw_content_detected", None)
@@ -161,13 +162,13 @@ class DiffusersTextToImage:
             raise StageError(
                 f"the safety checker of {self.name} flagged {sum(map(bool, flagged))} "
                 "image(s); nothing is released",
-                code="generation.safety_filtered",
+                code=codes.GENERATION_SAFETY_FILTERED,
             )
         images = tuple(image.convert("RGB") for image in result.images)
         if len(images) != job.num_images:
             raise StageError(
                 f"{self.name} returned {len(images)} images, {job.num_images} were asked for",
-                code="generation.failed",
+                code=codes.GENERATION_FAILED,
             )
         return GenerationOutput(
             images=images,

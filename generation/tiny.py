@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from consentry.generation.diffusers_backend import MARKER_FILE
+from consentry.policies import codes
 from consentry.policies.errors import BadInputError, ConfigurationError, ConflictError
 
 BUILT_BY = "consentry models tiny"
@@ -100,7 +101,7 @@ def _validate_size(image_size: int) -> None:
     ):
         raise BadInputError(
             f"tiny pipeline image_size must be a multiple of 64 in 256..1024, got {image_size!r}",
-            code="generation.invalid_params",
+            code=codes.GENERATION_INVALID_PARAMS,
         )
 
 
@@ -188,19 +189,19 @@ def build_tiny_pipeline(out_dir: Path, *, seed: int = 0, image_size: int = 256) 
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists():
         if not out_dir.is_dir():
-            raise ConflictError(f"{out_dir} exists and is not a folder", code="model.dir_not_empty")
+            raise ConflictError(f"{out_dir} exists and is not a folder", code=codes.MODEL_DIR_NOT_EMPTY)
         if any(out_dir.iterdir()) and not _is_tiny_build(out_dir):
             raise ConflictError(
                 f"{out_dir} is not empty and is not a previous `{BUILT_BY}` build; "
                 "choose an empty or new folder",
-                code="model.dir_not_empty",
+                code=codes.MODEL_DIR_NOT_EMPTY,
             )
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     except OSError as exc:
         raise ConfigurationError(
-            f"cannot create the model folder {out_dir}: {exc}", code="model.unwritable"
+            f"cannot create the model folder {out_dir}: {exc}", code=codes.MODEL_UNWRITABLE
         ) from exc
     try:
         # Fork the RNG so seeding the build does not disturb the caller's random state.

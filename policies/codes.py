@@ -27,3 +27,134 @@ WATERMARK_FAILED = "watermark.not_decodable"
 
 RELEASED = "released"
 """The decision code of a generation every stage allowed."""
+
+OK = "ok"
+"""The verdict code of a stage that allowed the request."""
+
+# -- generic error classes: defaults of the error tree ------------------------------------------
+INTERNAL_ERROR = "internal.error"
+NOT_FOUND = "not_found"
+CONFLICT = "conflict"
+REFUSED = "refused"
+RATE_LIMITED = "rate.limited"
+
+# -- http: Litestar's own errors (routing, methods, anything unmapped) --------------------------
+HTTP_ERROR = "http.error"
+ROUTE_NOT_FOUND = "route.not_found"
+ROUTE_METHOD_NOT_ALLOWED = "route.method_not_allowed"
+
+# -- input: the request or a CLI argument cannot be used (400) -----------------------------------
+INPUT_INVALID = "input.invalid"
+INPUT_MALFORMED_JSON = "input.malformed_json"
+INPUT_TOO_LARGE = "input.too_large"
+INPUT_UNSUPPORTED_MEDIA_TYPE = "input.unsupported_media_type"
+INPUT_BASE64_INVALID = "input.base64_invalid"
+INPUT_TOO_MANY_REFERENCES = "input.too_many_references"
+INPUT_TIME_INVALID = "input.time_invalid"
+INPUT_FILE_UNREADABLE = "input.file_unreadable"
+INPUT_FILE_UNWRITABLE = "input.file_unwritable"
+INPUT_OUTPUT_FORMAT = "input.output_format"
+INPUT_SHEETS_DIR = "input.sheets_dir"
+
+# -- image: an upload is not an acceptable image -------------------------------------------------
+IMAGE_INVALID = "image.invalid"
+IMAGE_TOO_LARGE = "image.too_large"
+IMAGE_EMPTY = "image.empty"
+IMAGE_MULTI_FRAME = "image.multi_frame"
+
+# -- face: the embedder could not use a face (faults) ------------------------------------------
+FACE_CHIP_SHAPE = "face.chip_shape"
+FACE_EMBEDDING_FAILED = "face.embedding_failed"
+
+# -- auth: API keys and roles (401/403) ----------------------------------------------------------
+AUTH_MISSING_KEY = "auth.missing_key"
+AUTH_INVALID_KEY = "auth.invalid_key"
+AUTH_FORBIDDEN = "auth.forbidden"
+
+# -- principal and key: API principals and their keys --------------------------------------------
+PRINCIPAL_NOT_FOUND = "principal.not_found"
+PRINCIPAL_EXISTS = "principal.exists"
+PRINCIPAL_NAME_INVALID = "principal.name_invalid"
+PRINCIPAL_ROLE_INVALID = "principal.role_invalid"
+KEY_NOT_FOUND = "key.not_found"
+
+# -- identity: enrolled subjects -----------------------------------------------------------------
+IDENTITY_NOT_FOUND = "identity.not_found"
+IDENTITY_ERASED = "identity.erased"
+IDENTITY_INACTIVE = "identity.inactive"
+IDENTITY_LABEL_INVALID = "identity.label_invalid"
+
+# -- grant: consent grants -----------------------------------------------------------------------
+GRANT_NOT_FOUND = "grant.not_found"
+GRANT_PURPOSE_INVALID = "grant.purpose_invalid"
+GRANT_MAX_USES_INVALID = "grant.max_uses_invalid"
+
+# -- enroll: enrollment photos -------------------------------------------------------------------
+ENROLL_TOO_FEW_PHOTOS = "enroll.too_few_photos"
+ENROLL_FACE_COUNT = "enroll.face_count"
+ENROLL_INCONSISTENT = "enroll.inconsistent"
+ENROLL_DUPLICATE_IDENTITY = "enroll.duplicate_identity"
+
+# -- keys: signing, audit, watermark and master keys ---------------------------------------------
+KEYS_MISSING = "keys.missing"
+KEYS_INVALID = "keys.invalid"
+KEYS_EXIST = "keys.exist"
+KEYS_AUDIT_INVALID = "keys.audit_invalid"
+KEYS_MASTER_INVALID = "keys.master_invalid"
+KEYS_MASTER_MISMATCH = "keys.master_mismatch"
+KEYS_WATERMARK_INVALID = "keys.watermark_invalid"
+KEYS_WATERMARK_MISSING = "keys.watermark_missing"
+KEYS_WATERMARK_UNREADABLE = "keys.watermark_unreadable"
+
+# -- config: the deployment is misconfigured -----------------------------------------------------
+CONFIG_INVALID = "config.invalid"
+CONFIG_DEVICE = "config.device"
+CONFIG_DATABASE_URL = "config.database_url"
+CONFIG_TRUST_ANCHORS = "config.trust_anchors"
+CONFIG_WRITE_FAILED = "config.write_failed"
+
+# -- model: generator and detector weights -------------------------------------------------------
+MODEL_MISSING = "model.missing"
+MODEL_INVALID = "model.invalid"
+MODEL_WEIGHTS_MISSING = "model.weights_missing"
+MODEL_WEIGHTS_INVALID = "model.weights_invalid"
+MODEL_DIR_NOT_EMPTY = "model.dir_not_empty"
+MODEL_UNWRITABLE = "model.unwritable"
+
+# -- generation: the generator refused the job or failed -----------------------------------------
+GENERATION_INVALID_PARAMS = "generation.invalid_params"
+GENERATION_CLOSED = "generation.closed"
+GENERATION_FAILED = "generation.failed"
+GENERATION_SAFETY_FILTERED = "generation.safety_filtered"
+
+# -- watermark: embedding a mark -----------------------------------------------------------------
+WATERMARK_PAYLOAD_INVALID = "watermark.payload_invalid"
+WATERMARK_IMAGE_TOO_SMALL = "watermark.image_too_small"
+
+# -- c2pa and manifest: content credentials ------------------------------------------------------
+C2PA_UNSUPPORTED_FORMAT = "c2pa.unsupported_format"
+C2PA_SIGN_FAILED = "c2pa.sign_failed"
+C2PA_READ_FAILED = "c2pa.read_failed"
+MANIFEST_INFO_INVALID = "manifest.info_invalid"
+
+# -- audit and storage: the database -------------------------------------------------------------
+AUDIT_UNAVAILABLE = "audit.unavailable"
+STORAGE_UNAVAILABLE = "storage.unavailable"
+
+# -- library: the CLI's photo-library scan -------------------------------------------------------
+LIBRARY_NOT_A_FOLDER = "library.not_a_folder"
+LIBRARY_EMPTY = "library.empty"
+LIBRARY_NO_FACES = "library.no_faces"
+LIBRARY_NO_SUCH_GROUP = "library.no_such_group"
+
+# -- calibrate and report: threshold calibration -------------------------------------------------
+CALIBRATE_DIR_MISSING = "calibrate.dir_missing"
+CALIBRATE_TOO_FEW_PEOPLE = "calibrate.too_few_people"
+CALIBRATE_NO_FACES = "calibrate.no_faces"
+CALIBRATE_NO_GENUINE_PAIRS = "calibrate.no_genuine_pairs"
+REPORT_WRITE_FAILED = "report.write_failed"
+
+ALL: frozenset[str] = frozenset(
+    value for name, value in list(globals().items()) if name.isupper() and isinstance(value, str)
+)
+"""Every registered code."""

@@ -11,29 +11,13 @@ from typing import Any
 
 from consentry.policies import codes
 
-# Stable refusal codes. Clients switch on these; never rename one.
-CONSENT_MISSING = "consent.missing"
-CONSENT_SUBJECT_UNKNOWN = "consent.subject_unknown"
-CONSENT_SUBJECT_INACTIVE = "consent.subject_inactive"
-CONSENT_PURPOSE = "consent.purpose_not_granted"
-CONSENT_PROMPT_DENIED = "consent.prompt_denied"
-FACE_NONE = "face.none"
-FACE_UNKNOWN = "face.unknown"
-FACE_PROTECTED = "face.protected_identity"
-FACE_MULTIPLE = "face.multiple"
-OUTPUT_MISMATCH = "output.identity_mismatch"
-OUTPUT_PROTECTED = "output.protected_identity"
-WATERMARK_FAILED = "watermark.not_decodable"
-STAGE_ERROR = "stage.error"
-STAGE_TIMEOUT = "stage.timeout"
-
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What one stage decided about one request."""
 
     allowed: bool
-    code: str = "ok"
+    code: str = codes.OK
     reason: str = ""
     scores: dict[str, float] = field(default_factory=dict)
     elapsed_ms: float = 0.0
@@ -42,7 +26,7 @@ class Verdict:
 
     @classmethod
     def allow(cls, reason: str = "", **scores: float) -> Verdict:
-        return cls(allowed=True, code="ok", reason=reason, scores=dict(scores))
+        return cls(allowed=True, code=codes.OK, reason=reason, scores=dict(scores))
 
     @classmethod
     def refuse(cls, code: str, reason: str, **scores: float) -> Verdict:

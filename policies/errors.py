@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from consentry.policies import codes
+
 
 class ConsentryError(Exception):
     """Base of every error Consentry raises on purpose."""
 
-    code: ClassVar[str] = "internal.error"
+    code: ClassVar[str] = codes.INTERNAL_ERROR
     status: ClassVar[int] = 500
 
     def __init__(self, detail: str, *, code: str | None = None, **extra: Any) -> None:
@@ -31,49 +33,49 @@ class ConsentryError(Exception):
 class BadInputError(ConsentryError):
     """The caller sent something we cannot use (400)."""
 
-    code = "input.invalid"
+    code: ClassVar[str] = codes.INPUT_INVALID
     status = 400
 
 
 class InvalidImageError(BadInputError):
     """An upload is not a decodable, acceptable image."""
 
-    code = "image.invalid"
+    code: ClassVar[str] = codes.IMAGE_INVALID
     status = 400
 
 
 class ImageTooLargeError(BadInputError):
     """An image exceeds the configured pixel or byte limits (413)."""
 
-    code = "image.too_large"
+    code: ClassVar[str] = codes.IMAGE_TOO_LARGE
     status = 413
 
 
 class AuthError(ConsentryError):
     """Missing or unknown API key (401)."""
 
-    code = "auth.invalid_key"
+    code: ClassVar[str] = codes.AUTH_INVALID_KEY
     status = 401
 
 
 class ForbiddenError(ConsentryError):
     """The principal's role does not allow this action (403)."""
 
-    code = "auth.forbidden"
+    code: ClassVar[str] = codes.AUTH_FORBIDDEN
     status = 403
 
 
 class NotFoundError(ConsentryError):
     """A named identity, grant, principal or record does not exist (404)."""
 
-    code = "not_found"
+    code: ClassVar[str] = codes.NOT_FOUND
     status = 404
 
 
 class ConflictError(ConsentryError):
     """The request conflicts with stored state (409)."""
 
-    code = "conflict"
+    code: ClassVar[str] = codes.CONFLICT
     status = 409
 
 
@@ -83,7 +85,7 @@ class RefusedError(ConsentryError):
     Raised by the pipeline after the refusal has been audited.
     """
 
-    code = "refused"
+    code: ClassVar[str] = codes.REFUSED
     status = 403
 
 
@@ -91,26 +93,26 @@ class ConfigurationError(ConsentryError):
     """The deployment is misconfigured: missing weights, keys, model directory (500-class,
     but reported to operators with a clear sentence and CLI exit 2)."""
 
-    code = "config.invalid"
+    code: ClassVar[str] = codes.CONFIG_INVALID
     status = 500
 
 
 class StageError(ConsentryError):
     """A stage failed unexpectedly; the gate fails closed (503)."""
 
-    code = "stage.error"
+    code: ClassVar[str] = codes.STAGE_ERROR
     status = 503
 
 
 class StageTimeoutError(StageError):
     """A stage ran past its time budget (503)."""
 
-    code = "stage.timeout"
+    code: ClassVar[str] = codes.STAGE_TIMEOUT
     status = 503
 
 
 class RateLimitedError(ConsentryError):
     """The principal sent more requests than its budget (429, with Retry-After)."""
 
-    code = "rate.limited"
+    code: ClassVar[str] = codes.RATE_LIMITED
     status = 429

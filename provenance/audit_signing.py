@@ -16,6 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from consentry.policies import codes
 from consentry.policies.errors import ConfigurationError
 
 DOMAIN = b"consentry-audit-v1"
@@ -56,10 +57,10 @@ class AuditSigner:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (ValueError, OSError) as exc:
             raise ConfigurationError(
-                f"cannot read the audit key {path}: {exc}", code="keys.audit_invalid"
+                f"cannot read the audit key {path}: {exc}", code=codes.KEYS_AUDIT_INVALID
             ) from exc
         if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigurationError(f"{path} is not an Ed25519 key", code="keys.audit_invalid")
+            raise ConfigurationError(f"{path} is not an Ed25519 key", code=codes.KEYS_AUDIT_INVALID)
         return cls(key)
 
     def sign(self, seq: int, digest: str) -> bytes:

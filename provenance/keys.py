@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from consentry.policies import codes
 from consentry.policies.errors import ConfigurationError, ConflictError
 
 CA_CERT_FILE = "ca.cert.pem"
@@ -162,7 +163,7 @@ def init_dev_keys(keys_dir: Path, *, force: bool = False) -> DevKeys:
     if existing and not force:
         raise ConflictError(
             f"signing keys already exist in {keys_dir} ({', '.join(existing)}); pass --force to replace them",
-            code="keys.exist",
+            code=codes.KEYS_EXIST,
         )
     keys_dir.mkdir(parents=True, exist_ok=True)
 
@@ -196,7 +197,7 @@ def load_signing_material(keys_dir: Path) -> SigningMaterial:
     if missing:
         raise ConfigurationError(
             f"signing keys missing in {keys_dir} ({', '.join(missing)}): run `consentry keys init`",
-            code="keys.missing",
+            code=codes.KEYS_MISSING,
         )
     try:
         key = serialization.load_pem_private_key(paths[KEY_FILE].read_bytes(), password=None)
@@ -206,12 +207,12 @@ def load_signing_material(keys_dir: Path) -> SigningMaterial:
         x509.load_pem_x509_certificates(anchor_pem.encode("ascii"))
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
         raise ConfigurationError(
-            f"signing keys in {keys_dir} are unreadable: {exc}", code="keys.invalid"
+            f"signing keys in {keys_dir} are unreadable: {exc}", code=codes.KEYS_INVALID
         ) from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ConfigurationError("the signing key must be an EC P-256 key (ES256)", code="keys.invalid")
+        raise ConfigurationError("the signing key must be an EC P-256 key (ES256)", code=codes.KEYS_INVALID)
     if chain[0].public_key().public_numbers() != key.public_key().public_numbers():
         raise ConfigurationError(
-            f"{KEY_FILE} does not belong to the first certificate of {CHAIN_FILE}", code="keys.invalid"
+            f"{KEY_FILE} does not belong to the first certificate of {CHAIN_FILE}", code=codes.KEYS_INVALID
         )
     return SigningMaterial(cert_chain_pem=chain_pem, trust_anchor_pem=anchor_pem, key=key)

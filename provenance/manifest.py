@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import c2pa
 
+from consentry.policies import codes
 from consentry.policies.errors import BadInputError, ConsentryError, InvalidImageError, StageError
 
 CONSENT_LABEL = "org.consentry.consent"
@@ -95,7 +96,7 @@ class ManifestInfo:
         ):
             problems.append(f"verifier_scores must be at most {MAX_SCORES} finite numbers")
         if problems:
-            raise BadInputError("; ".join(problems), code="manifest.info_invalid")
+            raise BadInputError("; ".join(problems), code=codes.MANIFEST_INFO_INVALID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +175,7 @@ def build_manifest(info: ManifestInfo) -> dict[str, Any]:
 
 def _check_mime(mime: str, supported: list[str]) -> None:
     if not mime.startswith("image/") or mime not in supported:
-        raise BadInputError(f"C2PA cannot handle {mime!r} here", code="c2pa.unsupported_format")
+        raise BadInputError(f"C2PA cannot handle {mime!r} here", code=codes.C2PA_UNSUPPORTED_FORMAT)
 
 
 def sign_image(image_bytes: bytes, mime: str, info: ManifestInfo, material: ClaimSigner) -> bytes:
@@ -203,7 +204,7 @@ def sign_image(image_bytes: bytes, mime: str, info: ManifestInfo, material: Clai
             builder.sign(signer, mime, io.BytesIO(image_bytes), out)
     except c2pa.C2paError as exc:
         cause: BaseException = callback_errors[0] if callback_errors else exc
-        raise StageError(f"C2PA signing failed: {exc}", code="c2pa.sign_failed") from cause
+        raise StageError(f"C2PA signing failed: {exc}", code=codes.C2PA_SIGN_FAILED) from cause
     return out.getvalue()
 
 
@@ -246,7 +247,7 @@ def read_manifest(image_bytes: bytes, mime: str, trust_anchors_pem: str | None) 
         # credential, which a verifier reports, not a failure of the verifier.
         return ManifestReport(state="Invalid", validation_errors=(f"c2pa.unreadable: {exc}",))
     except c2pa.C2paError as exc:
-        raise ConsentryError(f"C2PA reading failed: {exc}", code="c2pa.read_failed") from exc
+        raise ConsentryError(f"C2PA reading failed: {exc}", code=codes.C2PA_READ_FAILED) from exc
 
     active = store.get("manifests", {}).get(store.get("active_manifest", ""))
     if active is None:

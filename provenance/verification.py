@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from consentry.policies import codes
 from consentry.policies.errors import BadInputError, ConfigurationError
 from consentry.provenance.keys import load_signing_material
 from consentry.provenance.manifest import read_manifest
@@ -57,7 +58,7 @@ def load_trust_anchors(trust_anchors: Path | None, keys_dir: Path | None, trust_
         except (OSError, UnicodeDecodeError) as exc:
             why = getattr(exc, "strerror", None) or exc
             raise ConfigurationError(
-                f"cannot read trust_anchors {trust_anchors}: {why}", code="config.trust_anchors"
+                f"cannot read trust_anchors {trust_anchors}: {why}", code=codes.CONFIG_TRUST_ANCHORS
             ) from exc
     if trust_dev_ca and keys_dir is not None:
         # Without dev keys, manifests still read; they are just not Trusted by the dev CA.
@@ -71,7 +72,7 @@ def read_c2pa(data: bytes, mime: str, anchors: str | None) -> dict[str, Any]:
     try:
         return read_manifest(data, mime, anchors).as_dict()
     except BadInputError as exc:
-        if exc.code != "c2pa.unsupported_format":
+        if exc.code != codes.C2PA_UNSUPPORTED_FORMAT:
             raise
         return {"state": None, "note": f"{mime} cannot carry a C2PA manifest"}
 

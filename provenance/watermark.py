@@ -29,13 +29,13 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from consentry.policies.decision import WATERMARK_FAILED
+from consentry.policies import codes
 from consentry.policies.errors import BadInputError, StageError
 from consentry.provenance.watermark_keys import WatermarkKey, WatermarkKeyring
 from consentry.provenance.wm_codes import CODED_BITS, PAYLOAD_BYTES, PayloadCode
@@ -109,7 +109,7 @@ class WatermarkReading:
 class WatermarkNotDecodableError(StageError):
     """The mark did not survive simulated redistribution at any strength; nothing is released."""
 
-    code = WATERMARK_FAILED
+    code: ClassVar[str] = codes.WATERMARK_FAILED
 
 
 def false_positive_bound(n_scales: int = 1 + MAX_SCALE_GUESSES, n_keys: int = 1) -> float:
@@ -186,7 +186,7 @@ class Watermarker:
     def _coded(self, payload: bytes) -> NDArray[np.uint8]:
         if not isinstance(payload, bytes | bytearray) or len(payload) != PAYLOAD_BYTES:
             raise BadInputError(
-                f"a watermark payload is exactly {PAYLOAD_BYTES} bytes", code="watermark.payload_invalid"
+                f"a watermark payload is exactly {PAYLOAD_BYTES} bytes", code=codes.WATERMARK_PAYLOAD_INVALID
             )
         return self.code.encode(bytes(payload))
 
@@ -196,7 +196,7 @@ class Watermarker:
         if w < MIN_SIDE or h < MIN_SIDE:
             raise BadInputError(
                 f"images under {MIN_SIDE}x{MIN_SIDE} cannot carry the watermark (got {w}x{h})",
-                code="watermark.image_too_small",
+                code=codes.WATERMARK_IMAGE_TOO_SMALL,
             )
         coded = self._coded(payload)
         rung = self.strengths[min(max(strength, 0), len(self.strengths) - 1)]

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from consentry.policies import codes
 from consentry.policies.errors import ConfigurationError
 from consentry.provenance.secret_files import exclusive_lock, write_atomic
 
@@ -44,12 +45,12 @@ def key_id_for(secret: bytes) -> str:
 
 
 def _invalid(detail: str) -> ConfigurationError:
-    return ConfigurationError(detail, code="keys.watermark_invalid")
+    return ConfigurationError(detail, code=codes.KEYS_WATERMARK_INVALID)
 
 
 def _unusable(path: Path, exc: OSError) -> ConfigurationError:
     return ConfigurationError(
-        f"cannot use watermark keys at {path}: {exc.strerror or exc}", code="keys.watermark_unreadable"
+        f"cannot use watermark keys at {path}: {exc.strerror or exc}", code=codes.KEYS_WATERMARK_UNREADABLE
     )
 
 
@@ -116,7 +117,7 @@ class WatermarkKeyring:
         if not cls.exists(keys_dir):
             raise ConfigurationError(
                 f"no watermark key in {folder}: run `consentry keys init` to create one",
-                code="keys.watermark_missing",
+                code=codes.KEYS_WATERMARK_MISSING,
             )
         index = folder / INDEX_FILE
         if not index.is_file():

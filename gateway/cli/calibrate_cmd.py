@@ -18,6 +18,7 @@ from typing import Any
 import tomli_w
 
 from consentry.gateway.cli.common import load_settings
+from consentry.policies import codes
 from consentry.policies.errors import ConfigurationError, ConsentryError
 
 
@@ -73,7 +74,7 @@ def write_match_threshold(config: Path, threshold: float) -> None:
         try:
             data = tomllib.loads(config.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigurationError(f"cannot read {config}: {exc}", code="config.invalid") from exc
+            raise ConfigurationError(f"cannot read {config}: {exc}", code=codes.CONFIG_INVALID) from exc
     data["match_threshold"] = float(threshold)
     config.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{config.name}.", suffix=".tmp", dir=config.parent)
@@ -89,6 +90,6 @@ def write_match_threshold(config: Path, threshold: float) -> None:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise ConsentryError(
-                f"cannot write {config}: {exc.strerror}", code="config.write_failed"
+                f"cannot write {config}: {exc.strerror}", code=codes.CONFIG_WRITE_FAILED
             ) from exc
         raise

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from consentry.gateway.storage.principals import LOCAL_ACTOR
+from consentry.policies import codes
 from consentry.policies.config import Settings
 from consentry.policies.errors import BadInputError, ConsentryError
 
@@ -23,14 +24,14 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        raise ConsentryError(f"invalid configuration: {exc}", code="config.invalid") from exc
+        raise ConsentryError(f"invalid configuration: {exc}", code=codes.CONFIG_INVALID) from exc
 
 
 def read_file(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise BadInputError(f"cannot read {path}: {exc.strerror}", code="input.file_unreadable") from exc
+        raise BadInputError(f"cannot read {path}: {exc.strerror}", code=codes.INPUT_FILE_UNREADABLE) from exc
 
 
 def read_files(paths: list[str] | None) -> tuple[bytes, ...]:
@@ -43,7 +44,7 @@ def parse_time(text: str | None) -> datetime | None:
     try:
         return datetime.fromisoformat(text)
     except ValueError as exc:
-        raise BadInputError(f"{text!r} is not an ISO 8601 time", code="input.time_invalid") from exc
+        raise BadInputError(f"{text!r} is not an ISO 8601 time", code=codes.INPUT_TIME_INVALID) from exc
 
 
 async def with_gate(fn: Callable[[Gate], Awaitable[int]]) -> int:

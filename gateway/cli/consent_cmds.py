@@ -11,6 +11,7 @@ import sys
 from consentry.gateway.cli.common import LOCAL_ACTOR, parse_time, read_file, read_files, with_gate
 from consentry.gateway.gate import Gate
 from consentry.gateway.requests import EnrollmentRequest
+from consentry.policies import codes
 from consentry.policies.errors import BadInputError
 
 
@@ -27,12 +28,14 @@ def cmd_principal_add(args: argparse.Namespace) -> int:
 def cmd_enroll(args: argparse.Namespace) -> int:
     if args.library:
         if args.photos:
-            raise BadInputError("give photo files or --library, not both", code="input.invalid")
+            raise BadInputError("give photo files or --library, not both", code=codes.INPUT_INVALID)
         from consentry.gateway.cli.library_cmd import cmd_enroll_library
 
         return cmd_enroll_library(args)
     if not args.photos or not args.label:
-        raise BadInputError("enroll needs --label and photo files (or --library DIR)", code="input.invalid")
+        raise BadInputError(
+            "enroll needs --label and photo files (or --library DIR)", code=codes.INPUT_INVALID
+        )
     req = EnrollmentRequest(label=args.label, photos=read_files(args.photos))
 
     async def run(gate: Gate) -> int:

@@ -14,6 +14,7 @@ from consentry.gateway.cli.common import LOCAL_ACTOR, parse_time, read_file, rea
 from consentry.gateway.cli.render import provenance_text
 from consentry.gateway.gate import Gate
 from consentry.gateway.requests import GenerationRequest
+from consentry.policies import codes
 from consentry.policies.consent import Purpose
 from consentry.policies.errors import BadInputError
 
@@ -82,7 +83,9 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     try:
         out: TextIO = open(tmp, "w", newline="", encoding="utf-8") if tmp else sys.stdout  # noqa: SIM115
     except OSError as exc:
-        raise BadInputError(f"cannot write {args.out}: {exc.strerror}", code="input.file_unwritable") from exc
+        raise BadInputError(
+            f"cannot write {args.out}: {exc.strerror}", code=codes.INPUT_FILE_UNWRITABLE
+        ) from exc
 
     async def run(gate: Gate) -> int:
         async for line in export_lines(gate.audit_events(LOCAL_ACTOR), flt, args.format):

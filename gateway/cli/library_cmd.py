@@ -23,6 +23,7 @@ from consentry.detectors.library import FaceGroup, enrollment_photos, find_image
 from consentry.gateway.cli.common import load_settings, with_gate
 from consentry.gateway.requests import EnrollmentRequest
 from consentry.gateway.storage.principals import LOCAL_ACTOR, PrincipalView
+from consentry.policies import codes
 from consentry.policies.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -90,14 +91,16 @@ async def enroll_group(
         raise BadInputError(
             f"group {group.number} has no photo where its face is the only large one "
             f"(its photos show up to {crowded} faces of at least {gate.settings.min_enroll_face_px} px)",
-            code="enroll.too_few_photos",
+            code=codes.ENROLL_TOO_FEW_PHOTOS,
         )
     files = []
     for path in photos:
         try:
             files.append(path.read_bytes())
         except OSError as exc:
-            raise BadInputError(f"cannot read {path}: {exc.strerror}", code="input.file_unreadable") from exc
+            raise BadInputError(
+                f"cannot read {path}: {exc.strerror}", code=codes.INPUT_FILE_UNREADABLE
+            ) from exc
     return await gate.enroll(actor, EnrollmentRequest(label=label, photos=tuple(files)))
 
 
@@ -111,12 +114,12 @@ def cmd_enroll_library(args: argparse.Namespace) -> int:
         )
         return 2
     if args.pick is not None and args.pick < 1:
-        raise BadInputError(f"--pick must be 1 or more, got {args.pick}", code="library.no_such_group")
+        raise BadInputError(f"--pick must be 1 or more, got {args.pick}", code=codes.LIBRARY_NO_SUCH_GROUP)
     settings = load_settings()
     root = Path(args.library).expanduser()
     files = find_images(root)
     if not files:
-        raise BadInputError(f"no image files under {root}", code="library.empty")
+        raise BadInputError(f"no image files under {root}", code=codes.LIBRARY_EMPTY)
     # Made now, so that an unusable sheets folder is reported before the long scan, not after.
     try:
         if args.sheets:
@@ -126,7 +129,7 @@ def cmd_enroll_library(args: argparse.Namespace) -> int:
             sheets_dir = Path(tempfile.mkdtemp(prefix="consentry-sheets-"))
     except OSError as exc:
         raise BadInputError(
-            f"cannot use {args.sheets} for contact sheets: {exc}", code="input.sheets_dir"
+            f"cannot use {args.sheets} for contact sheets: {exc}", code=codes.INPUT_SHEETS_DIR
         ) from exc
 
     async def run(gate: Any) -> int:
@@ -146,7 +149,7 @@ def cmd_enroll_library(args: argparse.Namespace) -> int:
         if not groups:
             raise BadInputError(
                 f"no face of at least {settings.min_enroll_face_px} px in {scan.files} images under {root}",
-                code="library.no_faces",
+                code=codes.LIBRARY_NO_FACES,
             )
         groups = write_contact_sheets(
             groups,
@@ -159,7 +162,8 @@ def cmd_enroll_library(args: argparse.Namespace) -> int:
         if args.pick is not None:
             if args.pick > len(groups):
                 raise BadInputError(
-                    f"--pick {args.pick}: there are only {len(groups)} groups", code="library.no_such_group"
+                    f"--pick {args.pick}: there are only {len(groups)} groups",
+                    code=codes.LIBRARY_NO_SUCH_GROUP,
                 )
             group: FaceGroup | None = groups[args.pick - 1]
         else:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from consentry.gateway.cli.common import load_settings, read_file
+from consentry.policies import codes
 from consentry.policies.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -46,19 +47,19 @@ def cmd_watermark_embed(args: argparse.Namespace) -> int:
     try:
         payload = bytes.fromhex(args.payload) if args.payload else secrets.token_bytes(8)
     except ValueError as exc:
-        raise BadInputError("--payload must be 16 hex digits", code="watermark.payload_invalid") from exc
+        raise BadInputError("--payload must be 16 hex digits", code=codes.WATERMARK_PAYLOAD_INVALID) from exc
     watermarker = _watermarker(create=True)
     marked = watermarker.embed(_image(args.input), payload)
     out = Path(args.output)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}.get(out.suffix.lower())
     if fmt is None:
-        raise BadInputError("OUT must end in .png, .jpg, .jpeg or .webp", code="input.output_format")
+        raise BadInputError("OUT must end in .png, .jpg, .jpeg or .webp", code=codes.INPUT_OUTPUT_FORMAT)
     buf = io.BytesIO()
     marked.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     try:
         out.write_bytes(buf.getvalue())
     except OSError as exc:
-        raise BadInputError(f"cannot write {out}: {exc.strerror}", code="input.file_unwritable") from exc
+        raise BadInputError(f"cannot write {out}: {exc.strerror}", code=codes.INPUT_FILE_UNWRITABLE) from exc
     print(json.dumps({"output": str(out), "payload": payload.hex(), "key_id": watermarker.current_key_id}))
     return 0
 

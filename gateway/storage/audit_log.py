@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.tables import AuditCheckpoint, AuditEvent, AuditHead
+from consentry.policies import codes
 from consentry.policies.errors import StageError
 from consentry.provenance.audit import (
     GENESIS,
@@ -71,7 +72,7 @@ class AuditLog:
                     if also is not None:
                         await also(session, event)
                 return event
-        raise StageError("cannot append to the audit log", code="audit.unavailable")
+        raise StageError("cannot append to the audit log", code=codes.AUDIT_UNAVAILABLE)
 
     async def _add_event(self, session: AsyncSession, kind: str, body: dict[str, Any]) -> ChainedEvent | None:
         """Stage the next event; None when another writer took its sequence number first."""

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from consentry.policies import codes
 from consentry.policies.errors import ConfigurationError
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -36,7 +37,7 @@ class Database:
         try:
             parsed = make_url(url)
         except SQLAlchemyError as exc:
-            raise ConfigurationError(f"invalid database_url {url!r}", code="config.database_url") from exc
+            raise ConfigurationError(f"invalid database_url {url!r}", code=codes.CONFIG_DATABASE_URL) from exc
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.database:
@@ -64,7 +65,7 @@ class Database:
                 await conn.run_sync(upgrade)
         except (OSError, SQLAlchemyError) as exc:
             raise ConfigurationError(
-                f"cannot open or migrate the database at {self.url}: {exc}", code="storage.unavailable"
+                f"cannot open or migrate the database at {self.url}: {exc}", code=codes.STORAGE_UNAVAILABLE
             ) from exc
 
     async def dispose(self) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from consentry.gateway.storage.audit_log import AuditLog
 from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.tables import ApiKey, Principal
+from consentry.policies import codes
 from consentry.policies.errors import AuthError, BadInputError, ConflictError, NotFoundError
 from consentry.policies.roles import Role
 from consentry.provenance.audit import ChainedEvent
@@ -57,10 +58,12 @@ class Principals:
 
     async def create(self, name: str, role: str, actor: str = "local-cli") -> IssuedKey:
         if role not in {r.value for r in Role}:
-            raise BadInputError(f"unknown role {role!r}", code="principal.role_invalid")
+            raise BadInputError(f"unknown role {role!r}", code=codes.PRINCIPAL_ROLE_INVALID)
         name = name.strip()
         if not name or len(name) > 200:
-            raise BadInputError("a principal needs a name of 1-200 characters", code="principal.name_invalid")
+            raise BadInputError(
+                "a principal needs a name of 1-200 characters", code=codes.PRINCIPAL_NAME_INVALID
+            )
         now = datetime.now(UTC)
         principal = Principal(id=new_id("prn"), name=name, role=role, created_at=now)
         issued: list[tuple[str, str]] = []
@@ -70,7 +73,9 @@ class Principals:
             try:
                 await session.flush()
             except IntegrityError as exc:
-                raise ConflictError(f"a principal named {name!r} exists", code="principal.exists") from exc
+                raise ConflictError(
+                    f"a principal named {name!r} exists", code=codes.PRINCIPAL_EXISTS
+                ) from exc
             issued.append(await self._issue(session, principal.id, now))
 
         body = {"principal_id": principal.id, "role": role, "actor": actor}
@@ -83,7 +88,7 @@ class Principals:
         async def write(session: AsyncSession, _event: ChainedEvent) -> None:
             principal = await session.get(Principal, principal_id)
             if principal is None:
-                raise NotFoundError(f"no principal {principal_id}", code="principal.not_found")
+                raise NotFoundError(f"no principal {principal_id}", code=codes.PRINCIPAL_NOT_FOUND)
             key_id, secret = await self._issue(session, principal_id, datetime.now(UTC))
             view = PrincipalView(principal.id, principal.name, principal.role)
             found.append(IssuedKey(view, key_id, secret))
@@ -106,14 +111,14 @@ class Principals:
                 .values(revoked_at=datetime.now(UTC))
             )
             if result.rowcount == 0:
-                raise NotFoundError(f"no live key {key_id}", code="key.not_found")
+                raise NotFoundError(f"no live key {key_id}", code=codes.KEY_NOT_FOUND)
 
         await self.audit.append("key.revoked", {"key_id": key_id, "actor": actor}, also=write)
 
     async def authenticate(self, secret: str | None) -> PrincipalView:
         """The principal holding ``secret``; a missing, unknown or revoked key fails at once."""
         if not secret:
-            raise AuthError("an API key is required (header X-API-Key)", code="auth.missing_key")
+            raise AuthError("an API key is required (header X-API-Key)", code=codes.AUTH_MISSING_KEY)
         async with self.db.session() as session:
             row = (
                 await session.execute(
@@ -123,19 +128,19 @@ class Principals:
                 )
             ).scalar_one_or_none()
         if row is None:
-            raise AuthError("unknown or revoked API key", code="auth.invalid_key")
+            raise AuthError("unknown or revoked API key", code=codes.AUTH_INVALID_KEY)
         return PrincipalView(row.id, row.name, row.role)
 
     async def by_name(self, name: str) -> PrincipalView:
         async with self.db.session() as session:
             row = await session.scalar(select(Principal).where(Principal.name == name))
         if row is None:
-            raise NotFoundError(f"no principal named {name!r}", code="principal.not_found")
+            raise NotFoundError(f"no principal named {name!r}", code=codes.PRINCIPAL_NOT_FOUND)
         return PrincipalView(row.id, row.name, row.role)
 
     async def get(self, principal_id: str) -> PrincipalView:
         async with self.db.session() as session:
             row = await session.get(Principal, principal_id)
         if row is None:
-            raise NotFoundError(f"no principal {principal_id}", code="principal.not_found")
+            raise NotFoundError(f"no principal {principal_id}", code=codes.PRINCIPAL_NOT_FOUND)
         return PrincipalView(row.id, row.name, row.role)

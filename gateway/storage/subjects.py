@@ -18,6 +18,7 @@ from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.principals import new_id
 from consentry.gateway.storage.tables import GenerationRecord, Grant, Identity, Principal, Template
 from consentry.gateway.storage.vault import TemplateVault
+from consentry.policies import codes
 from consentry.policies.consent import GrantTerms, Purpose
 from consentry.policies.errors import BadInputError, ConflictError, NotFoundError
 from consentry.provenance.audit import ChainedEvent
@@ -64,7 +65,7 @@ class Subjects:
     ) -> IdentityView:
         label = label.strip()
         if not label or len(label) > 200:
-            raise BadInputError("a label needs 1-200 characters", code="identity.label_invalid")
+            raise BadInputError("a label needs 1-200 characters", code=codes.IDENTITY_LABEL_INVALID)
         now = datetime.now(UTC)
         identity_id = new_id("idn")
         wrapped = self.vault.new_data_key(identity_id)
@@ -88,7 +89,7 @@ class Subjects:
         async with self.db.session() as session:
             row = await session.get(Identity, identity_id)
         if row is None:
-            raise NotFoundError(f"no identity {identity_id}", code="identity.not_found")
+            raise NotFoundError(f"no identity {identity_id}", code=codes.IDENTITY_NOT_FOUND)
         return IdentityView(row.id, row.label, row.status, row.created_at)
 
     async def templates_version(self, embedder: str) -> tuple[int, int]:
@@ -141,16 +142,16 @@ class Subjects:
         if not purposes or unknown:
             raise BadInputError(
                 f"purposes must be a non-empty subset of {[p.value for p in Purpose]}; got {unknown}",
-                code="grant.purpose_invalid",
+                code=codes.GRANT_PURPOSE_INVALID,
             )
         if max_uses is not None and max_uses < 1:
-            raise BadInputError("max_uses must be at least 1", code="grant.max_uses_invalid")
+            raise BadInputError("max_uses must be at least 1", code=codes.GRANT_MAX_USES_INVALID)
         identity = await self.get(identity_id)
         if identity.status != "active":
-            raise BadInputError(f"identity {identity_id} is {identity.status}", code="identity.inactive")
+            raise BadInputError(f"identity {identity_id} is {identity.status}", code=codes.IDENTITY_INACTIVE)
         async with self.db.session() as session:
             if await session.get(Principal, principal_id) is None:
-                raise NotFoundError(f"no principal {principal_id}", code="principal.not_found")
+                raise NotFoundError(f"no principal {principal_id}", code=codes.PRINCIPAL_NOT_FOUND)
         row = Grant(
             id=new_id("gnt"),
             identity_id=identity_id,
@@ -186,7 +187,7 @@ class Subjects:
             )
             if result.rowcount == 0:
                 # Raising inside the unit of work rolls the audit event back too.
-                raise NotFoundError(f"no live grant {grant_id}", code="grant.not_found")
+                raise NotFoundError(f"no live grant {grant_id}", code=codes.GRANT_NOT_FOUND)
 
         await self.audit.append("grant.revoked", {"grant_id": grant_id, "actor": actor}, also=write)
 
@@ -201,9 +202,9 @@ class Subjects:
         async def write(session: AsyncSession, _event: ChainedEvent) -> None:
             identity = await session.get(Identity, identity_id, with_for_update=True)
             if identity is None:
-                raise NotFoundError(f"no identity {identity_id}", code="identity.not_found")
+                raise NotFoundError(f"no identity {identity_id}", code=codes.IDENTITY_NOT_FOUND)
             if identity.status == "erased":
-                raise ConflictError(f"identity {identity_id} is already erased", code="identity.erased")
+                raise ConflictError(f"identity {identity_id} is already erased", code=codes.IDENTITY_ERASED)
             identity.status, identity.data_key, identity.label, identity.erased_at = "erased", None, "", now
             deleted = await session.execute(delete(Template).where(Template.identity_id == identity_id))
             revoked = await session.execute(

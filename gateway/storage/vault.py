@@ -19,6 +19,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from consentry.policies import codes
 from consentry.policies.errors import ConfigurationError
 
 NONCE = 12
@@ -30,15 +31,15 @@ def load_master_key(keys_dir: Path, env: str = "CONSENTRY_MASTER_KEY") -> bytes:
         try:
             key = base64.b64decode(raw, validate=True)
         except binascii.Error as exc:
-            raise ConfigurationError(f"{env} is not valid base64", code="keys.master_invalid") from exc
+            raise ConfigurationError(f"{env} is not valid base64", code=codes.KEYS_MASTER_INVALID) from exc
         if len(key) != 32:
-            raise ConfigurationError(f"{env} must decode to 32 bytes", code="keys.master_invalid")
+            raise ConfigurationError(f"{env} must decode to 32 bytes", code=codes.KEYS_MASTER_INVALID)
         return key
     path = keys_dir / "master.key"
     if path.exists():
         key = base64.b64decode(path.read_bytes())
         if len(key) != 32:
-            raise ConfigurationError(f"{path} does not hold a 32-byte key", code="keys.master_invalid")
+            raise ConfigurationError(f"{path} does not hold a 32-byte key", code=codes.KEYS_MASTER_INVALID)
         return key
     keys_dir.mkdir(parents=True, exist_ok=True)
     key = secrets.token_bytes(32)
@@ -68,7 +69,7 @@ class TemplateVault:
             key = self._master.decrypt(wrapped[:NONCE], wrapped[NONCE:], identity_id.encode())
         except InvalidTag as exc:
             raise ConfigurationError(
-                "an identity's data key does not open with this master key", code="keys.master_mismatch"
+                "an identity's data key does not open with this master key", code=codes.KEYS_MASTER_MISMATCH
             ) from exc
         return AESGCM(key)
 

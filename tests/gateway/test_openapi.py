@@ -35,3 +35,19 @@ async def test_health(client: AppClient) -> None:
 async def test_unknown_route_is_problem_json(client: AppClient) -> None:
     r = await client.get("/v1/nope")
     assert r.status_code == 404 and r.json()["code"] == "route.not_found"
+
+
+async def test_every_operation_documents_its_response_model(client: AppClient) -> None:
+    doc = (await client.get("/schema/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    undocumented = []
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            ok = [r for status, r in op["responses"].items() if status.startswith("2")]
+            body = ok[0].get("content", {}).get("application/json", {}).get("schema", {}) if ok else {}
+            ref = body.get("$ref", "").rsplit("/", 1)[-1]
+            if ref not in schemas or not schemas[ref].get("properties"):
+                undocumented.append(f"{method.upper()} {path}")
+    assert not undocumented, f"operations without a declared response model: {undocumented}"
+    generate = schemas["GenerateOut"]["properties"]
+    assert {"record_id", "watermark", "stages", "images", "audit_seq"} <= set(generate)

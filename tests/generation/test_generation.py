@@ -25,6 +25,7 @@ from consentry.policies.errors import (
     ConflictError,
     StageError,
 )
+from consentry.policies.limits import MAX_IMAGES, MAX_SIDE, MAX_STEPS
 
 
 @pytest.fixture(scope="module")
@@ -272,8 +273,8 @@ def test_bad_job_parameters_are_refused(overrides: dict[str, Any]) -> None:
 
 def test_good_job_keeps_its_values_and_freezes_references() -> None:
     reference = Image.new("RGB", (64, 64))
-    job = _job(width=2048, height=8, steps=200, num_images=8, references=[reference])
+    job = _job(width=MAX_SIDE, height=8, steps=MAX_STEPS, num_images=MAX_IMAGES, references=[reference])
     assert job.references == (reference,)
-    assert (job.width, job.height, job.steps, job.num_images) == (2048, 8, 200, 8)
+    assert (job.width, job.height, job.steps, job.num_images) == (MAX_SIDE, 8, MAX_STEPS, MAX_IMAGES)
     with pytest.raises(AttributeError):
         job.steps = 5  # type: ignore[misc]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from consentry.policies.decision import WATERMARK_FAILED
+from consentry.policies.codes import WATERMARK_FAILED
 from consentry.policies.errors import BadInputError
 from consentry.provenance.watermark import (
     Watermarker,
