@@ -84,8 +84,10 @@ def dlib_chip_to_image(details: dlib.chip_details) -> np.ndarray:
         dx, dy = x - cx, y - cy
         return cx + c * dx - s * dy, cy + s * dx + c * dy
 
-    src = np.float32([[0, 0], [details.cols - 1, 0], [0, details.rows - 1]])
-    dst = np.float32([rot(r.left(), r.top()), rot(r.right(), r.top()), rot(r.left(), r.bottom())])
+    src = np.array([[0, 0], [details.cols - 1, 0], [0, details.rows - 1]], dtype=np.float32)
+    dst = np.array(
+        [rot(r.left(), r.top()), rot(r.right(), r.top()), rot(r.left(), r.bottom())], dtype=np.float32
+    )
     return np.vstack([cv2.getAffineTransform(src, dst), [0.0, 0.0, 1.0]])
 
 

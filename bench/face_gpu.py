@@ -85,8 +85,8 @@ def bench_batch(
             if f
         ]
 
-    chips = {i: align(i) for i in runs}
-    chips = {i: np.concatenate(c) if c else np.zeros((0, 150, 150, 3), np.uint8) for i, c in chips.items()}
+    aligned = {i: align(i) for i in runs}
+    chips = {i: np.concatenate(c) if c else np.zeros((0, 150, 150, 3), np.uint8) for i, c in aligned.items()}
     timed = measure_interleaved(
         {
             "stock": lambda i: stock.detect(runs[i], landmarks=True),

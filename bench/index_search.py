@@ -138,6 +138,7 @@ def lookups_identical(scores: IdentityScores, fast: FastLookups) -> bool:
     """FastLookups returns exactly what today's IdentityScores returns, row by row."""
     for row in range(scores.scores.shape[0]):
         top = scores.best(row)[0]  # excluding the best makes best() find the runner-up
+        assert top is not None  # the index is never empty here
         for subject in (top, scores.identities[row * 7919 % len(scores.identities)]):
             same = scores.of(row, subject) == fast.of(row, subject)
             if not same or scores.best(row, exclude=subject) != fast.best(row, exclude=subject):

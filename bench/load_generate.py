@@ -87,7 +87,8 @@ def plan(n: int, subject: str, refs: list[Path], strangers: list[Path]) -> Plann
         if ref is not None:
             body["references"] = [enc[ref]]
         sha = hashlib.sha256(prompt.encode()).hexdigest()
-        out.append((Outcome(i, kind, ref and ref.name, sha, None, None, None, None, 0.0, None), body))
+        name = ref.name if ref is not None else None
+        out.append((Outcome(i, kind, name, sha, None, None, None, None, 0.0, None), body))
     return out
 
 
@@ -155,13 +156,17 @@ def check(outs: list[Outcome], setup_events: int, db: DbState, out_dir: Path) ->
     count, top, events, records = db
     answered = [o for o in outs if o.status is not None]
     seqs = [o.audit_seq for o in answered if o.audit_seq is not None]
-    fives = [(o.i, o.status, o.code) for o in answered if o.status >= 500]  # type: ignore[operator]
+    fives = [(o.i, o.status, o.code) for o in answered if o.status is not None and o.status >= 500]
     other_5xx = [f for f in fives if f[2] != "stage.timeout"]
     unaudited = [(o.i, o.status, o.code) for o in answered if o.audit_seq is None]
-    mismatched = [o.i for o in answered if not matches(o, events.get(o.audit_seq))]  # type: ignore[arg-type]
-    rec = {o.i: records.get(o.record_id) for o in answered if o.code == "released"}  # type: ignore[arg-type]
+    mismatched = [o.i for o in answered if o.audit_seq is None or not matches(o, events.get(o.audit_seq))]
+    rec = {
+        o.i: records.get(o.record_id) if o.record_id is not None else None
+        for o in answered
+        if o.code == "released"
+    }
     bad = [i for i, r in rec.items() if r is None or not all(Path(p).is_file() for p in r.outputs)]
-    bad += [o.i for o in answered if o.i in rec and rec[o.i] and rec[o.i].audit_seq != o.audit_seq]
+    bad += [o.i for o in answered if (r := rec.get(o.i)) is not None and r.audit_seq != o.audit_seq]
     listed = {Path(p).name for r in records.values() for p in r.outputs}
     orphans = sorted({p.name for p in out_dir.iterdir()} - listed) if out_dir.is_dir() else []
     total_ok = count == setup_events + len(outs) and top == count

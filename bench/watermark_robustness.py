@@ -20,6 +20,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import numpy as np
 from common import goal, goal_text, machine_info, md_table, measure, repo_on_path, write_results
@@ -102,8 +103,8 @@ class Library:
 
 def robustness(method: Ours | Library, images: list[tuple[str, Image.Image]], seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    det = {a: [] for a in ATTACKS}
-    acc = {a: [] for a in ATTACKS}
+    det: dict[str, list[bool]] = {a: [] for a in ATTACKS}
+    acc: dict[str, list[float]] = {a: [] for a in ATTACKS}
     cats: list[str] = []
     quality, rungs, refused = [], [], 0
     for cat, im in images:
@@ -167,13 +168,13 @@ def timings(methods: list[Ours | Library], photo: Image.Image) -> dict:
         for m in methods:
             reps = 15 if isinstance(m, Ours) else 3
             marked = m.embed(im, payload)
-            row = {"embed": _ms(lambda m=m, im=im: m.embed(im, payload), reps)}
+            row = {"embed": _ms(partial(m.embed, im, payload), reps)}
             if isinstance(m, Ours):
-                row["embed_raw_rung0"] = _ms(lambda m=m, im=im: m.wm.embed(im, payload), reps)
-                row["decode_marked"] = _ms(lambda m=m, x=marked: m.wm.decode(x), reps)
-                row["decode_unmarked"] = _ms(lambda m=m, im=im: m.wm.decode(im), reps)
+                row["embed_raw_rung0"] = _ms(partial(m.wm.embed, im, payload), reps)
+                row["decode_marked"] = _ms(partial(m.wm.decode, marked), reps)
+                row["decode_unmarked"] = _ms(partial(m.wm.decode, im), reps)
             else:
-                row["decode_marked"] = _ms(lambda m=m, x=marked: m.read(x, payload), reps)
+                row["decode_marked"] = _ms(partial(m.read, marked, payload), reps)
             out.setdefault(m.name, {})[str(size)] = row
     return out
 

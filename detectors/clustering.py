@@ -29,6 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Predicted group numbers, one a row: a list, or ``Clustering.labels`` itself.
+Labels = Sequence[int] | np.ndarray
+
 
 @dataclass(frozen=True, slots=True)
 class Clustering:
@@ -142,7 +145,7 @@ def _number_groups(owner: np.ndarray, threshold: float) -> Clustering:
     return Clustering(labels, tuple(count[r] for r in order), threshold)
 
 
-def _known(predicted: Sequence[int], truth: Sequence[Hashable | None]) -> list[tuple[int, Hashable]]:
+def _known(predicted: Labels, truth: Sequence[Hashable | None]) -> list[tuple[int, Hashable]]:
     if len(predicted) != len(truth):
         raise ValueError(f"{len(predicted)} predicted labels for {len(truth)} true labels")
     pairs = [(int(p), t) for p, t in zip(predicted, truth, strict=True) if t is not None]
@@ -151,7 +154,7 @@ def _known(predicted: Sequence[int], truth: Sequence[Hashable | None]) -> list[t
     return pairs
 
 
-def _agreement(pairs: list[tuple[Hashable, Hashable]]) -> float:
+def _agreement(pairs: Sequence[tuple[Hashable, Hashable]]) -> float:
     """Share of rows that sit with the majority of their key: sum over keys of the top count / n."""
     by_key: dict[Hashable, Counter[Hashable]] = defaultdict(Counter)
     for key, value in pairs:
@@ -159,7 +162,7 @@ def _agreement(pairs: list[tuple[Hashable, Hashable]]) -> float:
     return sum(c.most_common(1)[0][1] for c in by_key.values()) / len(pairs)
 
 
-def purity(predicted: Sequence[int], truth: Sequence[Hashable | None]) -> float:
+def purity(predicted: Labels, truth: Sequence[Hashable | None]) -> float:
     """How unmixed the groups are: each group counts its majority person; the sum over groups / n.
 
     Only rows whose true label is known (not None) count, so background faces of nobody in
@@ -168,7 +171,7 @@ def purity(predicted: Sequence[int], truth: Sequence[Hashable | None]) -> float:
     return _agreement(_known(predicted, truth))
 
 
-def completeness(predicted: Sequence[int], truth: Sequence[Hashable | None]) -> float:
+def completeness(predicted: Labels, truth: Sequence[Hashable | None]) -> float:
     """How unsplit the people are: each person counts their largest group; the sum over people / n.
 
     Also called inverse purity (not scikit-learn's entropy-based completeness). Rows with an

@@ -139,10 +139,11 @@ class FaceDetector:
         lm_arr = np.asarray(points, dtype=np.float64).reshape(-1, 5, 2)
         faces = []
         for box, prob, lm in zip(box_arr, prob_arr, lm_arr, strict=True):
+            p0, p1, p2, p3, p4 = ((float(x), float(y)) for x, y in lm)  # (5, 2) per face
             face = DetectedFace(
                 box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
                 probability=float(prob),
-                landmarks=tuple((float(x), float(y)) for x, y in lm),  # type: ignore[arg-type]
+                landmarks=(p0, p1, p2, p3, p4),
             )
             if face.probability >= self.probability and face.min_side >= self.min_face_px:
                 faces.append(face)

@@ -109,6 +109,8 @@ class DlibResNet(nn.Module):
     Build it with :func:`load_dlib_resnet`; a fresh instance has untrained weights.
     """
 
+    mean: torch.Tensor  # registered buffer, (1, 3, 1, 1)
+
     def __init__(self, mean_rgb: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean_rgb, dtype=torch.float32).view(1, 3, 1, 1))
@@ -131,7 +133,8 @@ class DlibResNet(nn.Module):
 
     def convs(self) -> list[nn.Conv2d]:
         """Convolutions in forward order, the order their weights appear in the file."""
-        return [self.stem] + [c for b in self.blocks for c in (b.conv1, b.conv2)]
+        residuals = [b for b in self.blocks if isinstance(b, _Residual)]  # all of them
+        return [self.stem] + [c for b in residuals for c in (b.conv1, b.conv2)]
 
 
 def face_recognition_models_file(name: str) -> Path:
@@ -192,14 +195,14 @@ def _check(i: int, op: tuple[str | int, ...], layer: Layer, channels: int) -> No
     kind, args = op[0], op[1:]
     ok = False
     if kind == "con" and isinstance(layer, Conv):
-        filters, k, stride = args
+        filters, k, stride = (int(a) for a in args)
         pad = k // 2 if stride == 1 else 0  # dlib's default padding rule
         ok = layer.weight.shape == (filters, channels, k, k) and layer.stride == (stride,) * 2
         ok = ok and layer.padding == (pad, pad)
     elif kind == "affine" and isinstance(layer, Affine):
         ok = layer.scale.shape == (channels,) == layer.shift.shape
     elif kind in ("max", "avg") and isinstance(layer, Pool):
-        window, stride = args
+        window, stride = (int(a) for a in args)
         ok = (layer.kind, layer.window, layer.stride) == (kind, (window,) * 2, (stride,) * 2)
         ok = ok and layer.padding == (0, 0)
     elif kind == "fc" and isinstance(layer, FullyConnected):
@@ -219,6 +222,7 @@ def _fold_into(conv: nn.Conv2d, source: Conv | None, affine: Affine) -> None:
     bias = source.bias.astype(np.float64) * scale + affine.shift
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
+        assert conv.bias is not None  # every convolution of DlibResNet has a bias
         conv.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
 
 

@@ -21,12 +21,23 @@ from consentry.policies.errors import BadInputError, StageError
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Maps aligned RGB face chips to L2-normalised vectors (cosine = dot product)."""
+    """Maps aligned RGB face chips to L2-normalised vectors (cosine = dot product).
 
-    name: str
-    dim: int
-    chip_size: int
-    chip_padding: float
+    The four descriptors are read-only, so a class constant, an instance attribute or a
+    property all satisfy them.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def chip_size(self) -> int: ...
+
+    @property
+    def chip_padding(self) -> float: ...
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """uint8 ``(N, chip_size, chip_size, 3)`` RGB chips -> float32 ``(N, dim)``, unit norm."""

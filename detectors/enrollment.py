@@ -66,11 +66,11 @@ def enrollment_templates(
         mean = scores.scores.mean(axis=0)
         column = int(np.argmax(mean))
         if mean[column] >= threshold:
-            photo = int(np.argmax(scores.scores[:, column])) + 1
+            closest = int(np.argmax(scores.scores[:, column])) + 1
             raise ConflictError(
-                f"these photos show a face already enrolled as another identity (photo {photo} most "
+                f"these photos show a face already enrolled as another identity (photo {closest} most "
                 f"clearly; mean similarity {mean[column]:.3f})",
                 code=codes.ENROLL_DUPLICATE_IDENTITY,
-                photo=photo,
+                photo=closest,
             )
     return templates

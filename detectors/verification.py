@@ -80,3 +80,31 @@ def judge_outputs(
                 )
     reason = f"{faces} face(s) in outputs, all the subject" if faces else "no face in outputs"
     return Verdict.allow(reason, **_scores(subject_min if faces else 0.0, other_max, faces))
+
+
+def judge_unnamed(
+    per_image: Sequence[IdentityScores], *, threshold: float, allow_unknown: bool, outputs: bool
+) -> Verdict:
+    """Traffic that names no subject: no face, in a reference or an output, may be an enrolled
+    (protected) identity. Faces of nobody enrolled are allowed unless the deployment refuses
+    unknown faces; images without faces are always allowed (they carry no likeness)."""
+    where_kind = "output" if outputs else "reference image"
+    protected = codes.OUTPUT_PROTECTED if outputs else codes.FACE_PROTECTED
+    unknown = codes.OUTPUT_UNKNOWN_FACE if outputs else codes.FACE_UNKNOWN
+    other_max, faces = -1.0, 0
+    for image_no, scores in enumerate(per_image, start=1):
+        for face in range(scores.scores.shape[0]):
+            faces += 1
+            who, score = scores.best(face)
+            other_max = max(other_max, score)
+            detail = {"faces": float(faces), "other_max": score}
+            if who is not None and score >= threshold:
+                reason = f"face {face + 1} of {where_kind} {image_no} matches a protected identity"
+                return Verdict.refuse(protected, reason, **detail)
+            if not allow_unknown:
+                reason = (
+                    f"face {face + 1} of {where_kind} {image_no} is a real person's face that is not enrolled"
+                )
+                return Verdict.refuse(unknown, reason, **detail)
+    reason = f"{faces} face(s), none of a protected identity" if faces else f"no face in any {where_kind}"
+    return Verdict.allow(reason, faces=float(faces), other_max=other_max)

@@ -1,7 +1,7 @@
 """The generate flow: one request through the gate's steps, top to bottom.
 
 Pure checks return a :class:`Verdict`; transforms return their own frozen outputs
-(:class:`GrantTerms`, :class:`GenerationOutput`, :class:`MarkedImages`, :class:`SignedImages`,
+(:class:`Consent`, :class:`GenerationOutput`, :class:`MarkedImages`, :class:`SignedImages`,
 :class:`ReleasedImages`). A :class:`Trace` runs each step under the stage time budget, times it,
 keys its verdict by the stage's name in :data:`STAGES`, and turns any error into a refusal: the
 gate fails closed. The first refusal ends the flow.
@@ -21,7 +21,7 @@ from consentry.gateway.storage.principals import PrincipalView
 from consentry.gateway.storage.subjects import IdentityView
 from consentry.generation.base import GenerationJob, GenerationOutput
 from consentry.policies import codes
-from consentry.policies.consent import GrantTerms
+from consentry.policies.consent import Consent
 from consentry.policies.decision import Decision, Verdict
 from consentry.policies.errors import ConsentryError
 from consentry.provenance.outputs import MarkedImages, SignedImages
@@ -46,8 +46,9 @@ class GateJob:
 
     request_id: str
     principal: PrincipalView
-    subject: IdentityView
-    purpose: str
+    subject: IdentityView | None
+    """The named subject, or None for traffic that names nobody."""
+    purpose: str | None
     generation: GenerationJob
     """What the generator is asked for; its parameters were checked when the job was built."""
     payload: bytes
@@ -71,8 +72,9 @@ class ReleasedImages:
 
 
 class ConsentCheck(Protocol):
-    async def check(self, job: GateJob) -> GrantTerms:
-        """The live grant that allows ``job``; raises :class:`Refusal` when there is none."""
+    async def check(self, job: GateJob) -> Consent:
+        """The live grant that allows ``job`` (none without a subject); raises :class:`Refusal`
+        when the request is not allowed."""
         ...
 
 
@@ -96,7 +98,7 @@ class Signer(Protocol):
     async def run(
         self,
         job: GateJob,
-        grant: GrantTerms,
+        consent: Consent,
         generated: GenerationOutput,
         marked: MarkedImages,
         scores: Verdict,
@@ -107,7 +109,7 @@ class Releaser(Protocol):
     async def run(
         self,
         job: GateJob,
-        grant: GrantTerms,
+        consent: Consent,
         generated: GenerationOutput,
         signed: SignedImages,
         decided: Decision,
@@ -210,7 +212,7 @@ class FlowResult:
     """The decision, and what was released when every step allowed."""
 
     decision: Decision
-    grant: GrantTerms | None = None
+    consent: Consent | None = None
     generated: GenerationOutput | None = None
     released: ReleasedImages | None = None
 
@@ -223,15 +225,15 @@ class GenerateFlow:
     async def run(self, job: GateJob) -> FlowResult:
         s, trace = self.stages, Trace(self.timeout_s)
         try:
-            grant = await trace.make(CONSENT, s.consent.check(job))
+            consent = await trace.make(CONSENT, s.consent.check(job))
             await trace.check(VERIFY_REFS, s.references.check(job))
             generated = await trace.make(GENERATE, s.generate.run(job))
             output_faces = await trace.check(VERIFY_OUTPUT, s.outputs.check(job, generated))
             marked = await trace.make(WATERMARK, s.watermark.run(generated, job.payload))
-            signed = await trace.make(SIGN, s.sign.run(job, grant, generated, marked, output_faces))
+            signed = await trace.make(SIGN, s.sign.run(job, consent, generated, marked, output_faces))
             released = await trace.make(
-                RELEASE, s.release.run(job, grant, generated, signed, trace.decision())
+                RELEASE, s.release.run(job, consent, generated, signed, trace.decision())
             )
         except _Halted:
             return FlowResult(trace.decision())
-        return FlowResult(trace.decision(), grant, generated, released)
+        return FlowResult(trace.decision(), consent, generated, released)

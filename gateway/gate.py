@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn, Protocol
+from typing import NoReturn
 
 from PIL import Image
 
@@ -23,7 +23,9 @@ from consentry.detectors.analyzer import Analyzer
 from consentry.detectors.enrollment import enrollment_templates
 from consentry.detectors.images import decode_image, sniff_mime
 from consentry.gateway.flow import GateJob, GenerateFlow
+from consentry.gateway.health import Readiness, check_readiness
 from consentry.gateway.index_cache import IndexCache
+from consentry.gateway.models import Loadable
 from consentry.gateway.ratelimit import TokenBuckets
 from consentry.gateway.release import REFUSED, audit_body
 from consentry.gateway.requests import EnrollmentRequest, GenerationRequest, GrantRequest
@@ -41,14 +43,6 @@ from consentry.policies.errors import BadInputError, NotFoundError, RefusedError
 from consentry.policies.roles import Action, require
 from consentry.provenance.audit import ChainedEvent, ChainReport
 from consentry.provenance.verification import ProvenanceReport, ProvenanceVerifier
-
-
-class Loadable(Protocol):
-    def load(self) -> None:
-        """Load the model now (blocking)."""
-        ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +107,10 @@ class Gate:
             ]
 
         return await asyncio.to_thread(decode_all)
+
+    async def readiness(self) -> Readiness:
+        """Database reachable, models loaded, signed audit head valid: constant cost."""
+        return await check_readiness(self.parts.db, self.audit, self.parts.models)
 
     # -- principals and keys ------------------------------------------------------------------
 
@@ -193,7 +191,11 @@ class Gate:
         self.parts.rate_limits.take(actor.id)
         s = self.settings
         # Input problems are answered before anything is stored or audited.
-        subject = await self.subjects.get(req.subject_id)
+        subject = await self.subjects.get(req.subject_id) if req.subject_id is not None else None
+        if subject is not None and req.purpose is None:
+            raise BadInputError(
+                "a request that names a subject must name a purpose", code=codes.INPUT_PURPOSE_REQUIRED
+            )
         if len(req.references) > s.max_references:
             raise BadInputError(
                 f"at most {s.max_references} reference images", code=codes.INPUT_TOO_MANY_REFERENCES
@@ -203,7 +205,7 @@ class Gate:
             request_id=f"gen_{secrets.token_hex(8)}",
             principal=actor,
             subject=subject,
-            purpose=req.purpose.value,
+            purpose=req.purpose.value if req.purpose else None,
             # Building the job checks every generation parameter against the shared limits.
             generation=GenerationJob(
                 prompt=req.prompt,

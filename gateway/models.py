@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from PIL import Image
 
@@ -19,6 +19,19 @@ from consentry.detectors.embedders import Embedder
 from consentry.generation.base import GenerationJob, GenerationOutput, Generator
 
 M = TypeVar("M")
+
+
+class Loadable(Protocol):
+    """A model holder the gate can warm up, ask about, and release."""
+
+    @property
+    def loaded(self) -> bool: ...
+
+    def load(self) -> None:
+        """Load the model now (blocking)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class _Lazy(Generic[M]):

@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPluginProtocol
 
 from consentry.gateway.gate import Gate
+from consentry.gateway.openai_api import OpenAIImagesController
 from consentry.gateway.problems import HANDLERS
 from consentry.gateway.routes import CONTROLLERS, provide_principal
 from consentry.policies.config import Settings
@@ -31,6 +32,9 @@ class ConsentryConfig:
     """Key of the Gate in ``app.state``."""
     max_body_bytes: int = 64 * 1024 * 1024
     """Largest request body accepted (base64 images are 4/3 of their file size)."""
+    path_prefix: str = "/"
+    """Where the gate's routes are mounted in the host app, e.g. ``/consentry`` (then
+    ``/consentry/v1/generate``, ``/consentry/health/ready``, ...)."""
 
 
 class ConsentryPlugin(InitPluginProtocol):
@@ -68,7 +72,11 @@ class ConsentryPlugin(InitPluginProtocol):
         # A router carries the body limit: Litestar ignores request_max_body_size set by plugins
         # on the app config (2.x reads its constructor argument instead).
         app_config.route_handlers.append(
-            Router(path="/", route_handlers=CONTROLLERS, request_max_body_size=cfg.max_body_bytes)
+            Router(
+                path=cfg.path_prefix,
+                route_handlers=[*CONTROLLERS, OpenAIImagesController],
+                request_max_body_size=cfg.max_body_bytes,
+            )
         )
         app_config.dependencies["gate"] = Provide(provide_gate, sync_to_thread=False)
         app_config.dependencies["principal"] = Provide(provide_principal)

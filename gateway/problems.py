@@ -1,12 +1,20 @@
-"""The one place where errors become HTTP responses: RFC 9457 problem+json with a stable code."""
+"""The one place where errors become HTTP responses.
+
+:func:`describe` turns any exception into a :class:`Problem` (status, stable code, sentence,
+extras); two renderers give it the shape each API promises: RFC 9457 problem+json for the
+Consentry API (``HANDLERS``), and the OpenAI error object, with the Consentry code inside, for the
+OpenAI-compatible routes (``OPENAI_HANDLERS``).
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.types import ExceptionHandlersMap
 from pydantic import ValidationError
 
 from consentry.policies import codes
@@ -25,48 +33,91 @@ _LITESTAR_CODES = {
     415: codes.INPUT_UNSUPPORTED_MEDIA_TYPE,
 }
 
+# The OpenAI error ``type`` for each status class, as OpenAI clients map them to exceptions.
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    status: int
+    code: str
+    detail: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def describe(exc: Exception) -> Problem:
+    if isinstance(exc, ConsentryError):
+        if exc.status >= 500:
+            log.warning("%s: %s", exc.code, exc.detail)
+        return Problem(exc.status, exc.code, exc.detail, dict(exc.extra))
+    if isinstance(exc, ValidationError):
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors(include_url=False)]
+        return Problem(
+            400, codes.INPUT_INVALID, "the request body does not match the schema", {"errors": errors}
+        )
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        code = _LITESTAR_CODES.get(status, codes.HTTP_ERROR if status < 500 else codes.INTERNAL_ERROR)
+        extra: dict[str, Any] = {}
+        if isinstance(exc.__cause__, SerializationException):
+            # Litestar wraps a body that does not parse in a plain 400 ClientException.
+            code = codes.INPUT_MALFORMED_JSON
+        elif isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+            extra["errors"] = exc.extra
+        return Problem(status, code, str(exc.detail), extra)
+    # Never a traceback to the client; the log keeps it for the operator.
+    log.error("unhandled error", exc_info=exc)
+    return Problem(500, codes.INTERNAL_ERROR, "internal error; the request was not completed")
+
+
+def _retry_headers(p: Problem) -> dict[str, str] | None:
+    return {"Retry-After": str(p.extra["retry_after"])} if "retry_after" in p.extra else None
+
 
 def problem(status: int, code: str, detail: str, **extra: Any) -> Response[dict[str, Any]]:
-    body = {"type": f"urn:consentry:problem:{code}", "title": code, "status": status, "detail": detail}
-    body["code"] = code
-    body.update({k: v for k, v in extra.items() if v is not None})
-    headers = {"Retry-After": str(extra["retry_after"])} if "retry_after" in extra else None
-    return Response(content=body, status_code=status, media_type=PROBLEM, headers=headers)
+    return problem_response(Problem(status, code, detail, extra))
 
 
-def consentry_error(_: Request[Any, Any, Any], exc: ConsentryError) -> Response[dict[str, Any]]:
-    if exc.status >= 500:
-        log.warning("%s: %s", exc.code, exc.detail)
-    return problem(exc.status, exc.code, exc.detail, **exc.extra)
+def problem_response(p: Problem) -> Response[dict[str, Any]]:
+    body = {
+        "type": f"urn:consentry:problem:{p.code}",
+        "title": p.code,
+        "status": p.status,
+        "detail": p.detail,
+    }
+    body["code"] = p.code
+    body.update({k: v for k, v in p.extra.items() if v is not None})
+    return Response(content=body, status_code=p.status, media_type=PROBLEM, headers=_retry_headers(p))
 
 
-def pydantic_error(_: Request[Any, Any, Any], exc: ValidationError) -> Response[dict[str, Any]]:
-    errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors(include_url=False)]
-    return problem(400, codes.INPUT_INVALID, "the request body does not match the schema", errors=errors)
+def openai_response(p: Problem) -> Response[dict[str, Any]]:
+    """OpenAI's error object; ``code`` is the Consentry code, the rest rides in ``consentry``."""
+    kind = _OPENAI_TYPES.get(p.status, "api_error" if p.status >= 500 else "invalid_request_error")
+    errors = p.extra.get("errors")
+    param = ".".join(str(x) for x in errors[0]["loc"]) if errors and errors[0].get("loc") else None
+    body: dict[str, Any] = {"error": {"message": p.detail, "type": kind, "param": param, "code": p.code}}
+    details = {k: v for k, v in p.extra.items() if v is not None}
+    if details:
+        body["error"]["consentry"] = details
+    return Response(content=body, status_code=p.status, headers=_retry_headers(p))
 
 
-def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
-    status = exc.status_code
-    code = _LITESTAR_CODES.get(status, codes.HTTP_ERROR if status < 500 else codes.INTERNAL_ERROR)
-    detail = str(exc.detail)
-    extra: dict[str, Any] = {}
-    if isinstance(exc.__cause__, SerializationException):
-        # Litestar wraps a body that does not parse in a plain 400 ClientException.
-        code = codes.INPUT_MALFORMED_JSON
-    elif isinstance(exc, ValidationException) and isinstance(exc.extra, list):
-        extra["errors"] = exc.extra
-    return problem(status, code, detail, **extra)
+def _problem_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    return problem_response(describe(exc))
 
 
-def unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    # Never a traceback to the client; the log keeps it for the operator.
-    log.exception("unhandled error", exc_info=exc)
-    return problem(500, codes.INTERNAL_ERROR, "internal error; the request was not completed")
+def _openai_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    return openai_response(describe(exc))
 
 
-HANDLERS = {
-    ConsentryError: consentry_error,
-    ValidationError: pydantic_error,
-    HTTPException: http_error,
-    Exception: unexpected_error,
-}
+HANDLERS: ExceptionHandlersMap = {Exception: _problem_handler, HTTPException: _problem_handler}
+OPENAI_HANDLERS: ExceptionHandlersMap = {Exception: _openai_handler, HTTPException: _openai_handler}

@@ -19,7 +19,7 @@ from consentry.gateway.storage.subjects import Subjects
 from consentry.gateway.storage.tables import GenerationRecord
 from consentry.generation.base import GenerationOutput
 from consentry.policies import codes
-from consentry.policies.consent import GrantTerms
+from consentry.policies.consent import Consent
 from consentry.policies.decision import Decision, Verdict
 from consentry.provenance.audit import ChainedEvent
 from consentry.provenance.outputs import SignedImages
@@ -36,7 +36,7 @@ def audit_body(job: GateJob, decision: Decision, *, keep_prompt: bool) -> dict[s
     body: dict[str, Any] = {
         "request_id": job.request_id,
         "principal_id": job.principal.id,
-        "identity_id": job.subject.id,
+        "identity_id": job.subject.id if job.subject else None,
         "purpose": job.purpose,
         "prompt_sha256": hashlib.sha256(job.generation.prompt.encode()).hexdigest(),
         "references": len(job.generation.references),
@@ -60,11 +60,12 @@ class ReleaseStage:
     async def run(
         self,
         job: GateJob,
-        grant: GrantTerms,
+        consent: Consent,
         generated: GenerationOutput,
         signed: SignedImages,
         decided: Decision,
     ) -> ReleasedImages:
+        grant = consent.grant
         paths = tuple(self.output_dir / f"{job.request_id}_{i}.png" for i in range(len(signed.files)))
         body = audit_body(job, decided, keep_prompt=self.keep_prompt) | {
             "watermark": job.payload.hex(),
@@ -75,7 +76,7 @@ class ReleaseStage:
         async def write(session: AsyncSession, event: ChainedEvent) -> None:
             # Counted atomically with the audit event: a grant used up or revoked by a concurrent
             # request makes this transaction fail, and nothing of it is kept.
-            if not await Subjects.consume(session, grant.id):
+            if grant is not None and not await Subjects.consume(session, grant.id):
                 raise Refusal(
                     Verdict.refuse(
                         codes.CONSENT_EXHAUSTED, f"grant {grant.id} was used up or revoked by another request"
@@ -86,8 +87,8 @@ class ReleaseStage:
                     id=job.request_id,
                     watermark=job.payload.hex(),
                     principal_id=job.principal.id,
-                    identity_id=job.subject.id,
-                    grant_id=grant.id,
+                    identity_id=job.subject.id if job.subject else None,
+                    grant_id=grant.id if grant else None,
                     prompt_sha256=body["prompt_sha256"],
                     model=generated.model,
                     untrained=generated.untrained,

@@ -42,13 +42,17 @@ class GrantRequest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GenerationRequest:
-    """Generate images of a consenting subject. ``None`` sizes and steps take the settings'
-    defaults; ranges are checked against :mod:`consentry.policies.limits` by the wire schema
-    and again by the generation job."""
+    """Generate images, of a consenting subject when ``subject_id`` names one. ``None`` sizes and
+    steps take the settings' defaults; ranges are checked against :mod:`consentry.policies.limits`
+    by the wire schema and again by the generation job.
 
-    subject_id: str
-    purpose: Purpose
+    Without a subject there is no grant to check, but the deployment's prompt rules hold and no
+    face in a reference or an output may be an enrolled (protected) identity."""
+
     prompt: str
+    subject_id: str | None = None
+    purpose: Purpose | None = None
+    """Required with a subject: the grant must cover it."""
     negative_prompt: str = ""
     seed: int = 0
     steps: int | None = None

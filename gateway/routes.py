@@ -6,10 +6,11 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 
 from consentry.gateway.gate import Gate
+from consentry.gateway.health import Readiness
 from consentry.gateway.schemas import (
     AuditReportOut,
     EnrollBody,
@@ -18,11 +19,12 @@ from consentry.gateway.schemas import (
     GenerateOut,
     GrantBody,
     GrantOut,
-    HealthOut,
     IdentityOut,
     IssuedKeyOut,
+    LiveOut,
     PrincipalBody,
     ProvenanceOut,
+    ReadyOut,
     RevokedOut,
     VerdictOut,
     VerifyBody,
@@ -33,23 +35,45 @@ PathId = Parameter(max_length=40)
 
 
 async def provide_principal(request: Request[Any, Any, Any], gate: Gate) -> PrincipalView:
-    return await gate.authenticate(request.headers.get("x-api-key"))
+    """The caller, from ``X-API-Key`` or, as OpenAI clients send it, ``Authorization: Bearer``."""
+    secret = request.headers.get("x-api-key")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if secret is None and scheme.lower() == "bearer" and token.strip():
+        secret = token.strip()
+    return await gate.authenticate(secret)
 
 
 class HealthController(Controller):
     path = "/health"
     tags = ["health"]
 
-    @get("/", summary="Liveness and readiness")
-    async def health(self, gate: Gate) -> HealthOut:
-        report = await gate.audit.verify()
-        return HealthOut(
-            status="ok" if report.ok else "degraded",
-            embedder=gate.analyzer.embedder.name,
-            generator=gate.generator.name,
-            untrained_model=gate.generator.untrained,
-            audit_events=report.events,
-        )
+    @get("/live", summary="Liveness: the process answers (constant time, no I/O)")
+    async def live(self) -> LiveOut:
+        return LiveOut(status="ok")
+
+    @get("/ready", summary="Readiness: database reachable, models loaded, signed audit head valid")
+    async def ready(self, gate: Gate) -> Response[ReadyOut]:
+        return _readiness(await gate.readiness(), gate)
+
+    @get("/", summary="Readiness, with what is loaded (same checks as /health/ready)")
+    async def health(self, gate: Gate) -> Response[ReadyOut]:
+        return _readiness(await gate.readiness(), gate)
+
+
+def _readiness(r: Readiness, gate: Gate) -> Response[ReadyOut]:
+    body = ReadyOut(
+        status="ok" if r.ready else "unavailable",
+        database=r.database,
+        models_loaded=r.models_loaded,
+        audit_head_valid=r.audit_head,
+        audit_events=r.audit_seq,
+        problems=list(r.problems),
+        embedder=gate.analyzer.embedder.name if r.models_loaded else None,
+        generator=gate.generator.name,
+        untrained_model=gate.generator.untrained if r.models_loaded else None,
+    )
+    # 503 takes a replica out of a load balancer's rotation until it is ready again.
+    return Response(body, status_code=200 if r.ready else 503)
 
 
 class AdminController(Controller):

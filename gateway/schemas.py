@@ -98,8 +98,12 @@ Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
 
 
 class GenerateBody(Strict):
-    subject_id: Id
-    purpose: Purpose
+    subject_id: Id | None = Field(
+        default=None, description="the consenting subject; omit for traffic that names nobody"
+    )
+    purpose: Purpose | None = Field(
+        default=None, description="required with subject_id: the grant must cover it"
+    )
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
@@ -139,12 +143,20 @@ class VerifyBody(Strict):
 # -- responses ----------------------------------------------------------------------------------
 
 
-class HealthOut(BaseModel):
-    status: str = Field(description="ok, or degraded when the audit chain does not verify")
-    embedder: str
-    generator: str
-    untrained_model: bool
+class LiveOut(BaseModel):
+    status: str
+
+
+class ReadyOut(BaseModel):
+    status: str = Field(description="ok when ready; unavailable (HTTP 503) otherwise")
+    database: bool
+    models_loaded: bool
+    audit_head_valid: bool = Field(description="the signed head names the last event and verifies")
     audit_events: int
+    problems: list[str]
+    embedder: str | None
+    generator: str
+    untrained_model: bool | None
 
 
 class IssuedKeyOut(BaseModel):

@@ -17,12 +17,12 @@ from PIL import Image
 
 from consentry.detectors.analyzer import Analyzer
 from consentry.detectors.index import IdentityScores
-from consentry.detectors.verification import judge_outputs, judge_references
+from consentry.detectors.verification import judge_outputs, judge_references, judge_unnamed
 from consentry.gateway.flow import GateJob, Refusal
 from consentry.gateway.index_cache import IndexCache
 from consentry.gateway.storage.subjects import Subjects
 from consentry.generation.base import GenerationOutput, Generator
-from consentry.policies.consent import GrantTerms, evaluate_consent
+from consentry.policies.consent import Consent, evaluate_consent, evaluate_prompt
 from consentry.policies.decision import Verdict
 from consentry.provenance.keys import SigningMaterial
 from consentry.provenance.manifest import ManifestInfo, sign_image
@@ -33,13 +33,19 @@ POLICY_VERSION = "2026-12.1"
 
 
 class ConsentStage:
-    """A live grant must let this principal generate this subject for this purpose and prompt."""
+    """A named subject needs a live grant that lets this principal generate them for this purpose
+    and prompt; every request passes the deployment's prompt rules."""
 
     def __init__(self, subjects: Subjects, deny_terms: Sequence[str]) -> None:
         self.subjects = subjects
         self.deny_terms = tuple(deny_terms)
 
-    async def check(self, job: GateJob) -> GrantTerms:
+    async def check(self, job: GateJob) -> Consent:
+        if job.subject is None:
+            verdict = evaluate_prompt(job.generation.prompt, self.deny_terms)
+            if not verdict.allowed:
+                raise Refusal(verdict)
+            return Consent(None)
         # Read the subject and its grants at request time: a revocation or erasure takes effect
         # on the very next request, whichever gateway process recorded it.
         subject = await self.subjects.get(job.subject.id)
@@ -48,14 +54,14 @@ class ConsentStage:
             subject_status=subject.status,
             grants=grants,
             principal_id=job.principal.id,
-            purpose=job.purpose,
+            purpose=job.purpose or "",
             prompt=job.generation.prompt,
             deployment_deny_terms=self.deny_terms,
             now=datetime.now(UTC),
         )
         if outcome.grant is None:
             raise Refusal(outcome.verdict)
-        return outcome.grant
+        return Consent(outcome.grant)
 
 
 async def _score(
@@ -67,7 +73,8 @@ async def _score(
 
 
 class ReferenceFacesStage:
-    """Every face in every reference image must be the subject."""
+    """Every face in every reference image must be the subject; without a subject, none may be
+    an enrolled identity."""
 
     def __init__(self, analyzer: Analyzer, index: IndexCache, threshold: float, allow_unknown: bool) -> None:
         self.analyzer, self.index = analyzer, index
@@ -78,6 +85,8 @@ class ReferenceFacesStage:
         if not references:
             return Verdict.allow("no reference images")
         scores = await _score(self.analyzer, self.index, references)
+        if job.subject is None:
+            return judge_unnamed(scores, threshold=self.threshold, allow_unknown=True, outputs=False)
         return judge_references(
             scores, subject=job.subject.id, threshold=self.threshold, allow_unknown=self.allow_unknown
         )
@@ -94,14 +103,27 @@ class GenerateStage:
 
 
 class OutputFacesStage:
-    """No output may show anyone but the subject."""
+    """No output may show anyone but the subject; without a subject, no output may show an
+    enrolled identity (and, if the deployment says so, no face of anyone)."""
 
-    def __init__(self, analyzer: Analyzer, index: IndexCache, threshold: float, require_face: bool) -> None:
-        self.analyzer, self.index = analyzer, index
-        self.threshold, self.require_face = threshold, require_face
+    def __init__(
+        self,
+        analyzer: Analyzer,
+        index: IndexCache,
+        threshold: float,
+        *,
+        require_face: bool,
+        allow_unknown_unnamed: bool,
+    ) -> None:
+        self.analyzer, self.index, self.threshold = analyzer, index, threshold
+        self.require_face, self.allow_unknown_unnamed = require_face, allow_unknown_unnamed
 
     async def check(self, job: GateJob, generated: GenerationOutput) -> Verdict:
         scores = await _score(self.analyzer, self.index, generated.images)
+        if job.subject is None:
+            return judge_unnamed(
+                scores, threshold=self.threshold, allow_unknown=self.allow_unknown_unnamed, outputs=True
+            )
         return judge_outputs(
             scores, subject=job.subject.id, threshold=self.threshold, require_face=self.require_face
         )
@@ -140,11 +162,12 @@ class SignStage:
     async def run(
         self,
         job: GateJob,
-        grant: GrantTerms,
+        consent: Consent,
         generated: GenerationOutput,
         marked: MarkedImages,
         scores: Verdict,
     ) -> SignedImages:
+        grant = consent.grant
         info = ManifestInfo(
             title=f"consentry-{job.request_id}.png",
             claim_generator=f"consentry/{self.generator_version}",
@@ -153,7 +176,7 @@ class SignStage:
             untrained=generated.untrained,
             watermark_algorithm=marked.algorithm,
             watermark_payload_hex=marked.payload.hex(),
-            consent_record_hash=hashlib.sha256(grant.id.encode()).hexdigest(),
+            consent_record_hash=hashlib.sha256(grant.id.encode()).hexdigest() if grant else None,
             purpose=job.purpose,
             verifier_scores=dict(scores.scores),
             policy_version=POLICY_VERSION,

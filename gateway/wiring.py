@@ -84,7 +84,13 @@ def build_stages(
             analyzer, index, s.match_threshold, allow_unknown=s.unknown_faces is UnknownFaces.allow
         ),
         generate=GenerateStage(generator),
-        outputs=OutputFacesStage(analyzer, index, s.match_threshold, require_face=s.require_output_face),
+        outputs=OutputFacesStage(
+            analyzer,
+            index,
+            s.match_threshold,
+            require_face=s.require_output_face,
+            allow_unknown_unnamed=s.unknown_output_faces is UnknownFaces.allow,
+        ),
         watermark=WatermarkStage(watermarker),
         sign=SignStage(lambda: load_signing_material(keys_dir), __version__),
         release=ReleaseStage(audit, s.output_dir, keep_prompt=s.audit_prompts),

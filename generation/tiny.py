@@ -84,8 +84,9 @@ def _build_tokenizer(directory: Path) -> Any:
     from transformers import CLIPTokenizer
 
     vocab, merges = _tokenizer_vocab()
-    # The ``tokenizers`` BPE wants merges as pairs (despite the ``list[str]`` hint upstream).
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=_MAX_TOKENS)
+    # CLIPTokenizer hands ``merges`` to the ``tokenizers`` BPE unchanged, which wants pairs
+    # (``Sequence[tuple[str, str]]``); transformers' ``str | list[str]`` hint is wrong.
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=_MAX_TOKENS)  # type: ignore[arg-type]
     tokenizer.save_pretrained(directory)
     return tokenizer
 

@@ -19,6 +19,7 @@ FACE_UNKNOWN = "face.unknown"
 FACE_PROTECTED = "face.protected_identity"
 OUTPUT_MISMATCH = "output.identity_mismatch"
 OUTPUT_PROTECTED = "output.protected_identity"
+OUTPUT_UNKNOWN_FACE = "output.unknown_face"
 
 # -- faults: a stage could not decide (503), audited; the gate refused anyway ------------------
 STAGE_ERROR = "stage.error"
@@ -45,6 +46,9 @@ ROUTE_METHOD_NOT_ALLOWED = "route.method_not_allowed"
 
 # -- input: the request or a CLI argument cannot be used (400) -----------------------------------
 INPUT_INVALID = "input.invalid"
+INPUT_PURPOSE_REQUIRED = "input.purpose_required"
+INPUT_RESPONSE_FORMAT_UNSUPPORTED = "input.response_format_unsupported"
+INPUT_UNKNOWN_MODEL = "input.unknown_model"
 INPUT_MALFORMED_JSON = "input.malformed_json"
 INPUT_TOO_LARGE = "input.too_large"
 INPUT_UNSUPPORTED_MEDIA_TYPE = "input.unsupported_media_type"

@@ -65,7 +65,11 @@ class Settings(BaseSettings):
     min_enroll_face_px: int = 80
     """Smallest face (shorter box side, pixels) accepted in an enrollment photo."""
     unknown_faces: UnknownFaces = UnknownFaces.refuse
-    """What to do with a reference face that matches no enrolled identity."""
+    """What to do with a reference face that matches no enrolled identity (requests naming a
+    subject; without a subject only enrolled faces are refused)."""
+    unknown_output_faces: UnknownFaces = UnknownFaces.allow
+    """What to do with a face in an output of a request without a subject that matches no
+    enrolled identity (``refuse`` makes the gate refuse generated faces of anyone at all)."""
     model_dir: Path = Path("models/tiny")
     """diffusers model directory (built by ``models tiny``); a relative path is under ``data_dir``."""
     output_dir: Path = Path("outputs")

@@ -61,6 +61,27 @@ class ConsentOutcome:
     grant: GrantTerms | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """What the consent step hands on: the grant that allows a named subject's likeness, or no
+    grant for a request that names no subject (which still passed the deployment's prompt rules)."""
+
+    grant: GrantTerms | None
+
+    def summary(self) -> str:
+        if self.grant is None:
+            return "no subject named: no grant needed; the deployment's prompt rules pass"
+        return self.grant.summary()
+
+
+def evaluate_prompt(prompt: str, deployment_deny_terms: Iterable[str]) -> Verdict:
+    """The content rules every request passes, whether or not it names a subject."""
+    bad = denied_terms(prompt, deployment_deny_terms)
+    if bad:
+        return Verdict.refuse(codes.CONSENT_PROMPT_DENIED, f"the prompt uses denied terms: {', '.join(bad)}")
+    return Verdict.allow("the prompt passes the deployment's rules")
+
+
 def denied_terms(prompt: str, terms: Iterable[str]) -> list[str]:
     """Deny-listed terms found in ``prompt`` as whole words (multi-word terms as phrases)."""
     text = " ".join(re.findall(r"[\w']+", prompt.lower()))

@@ -23,7 +23,9 @@ class ConsentryError(Exception):
         super().__init__(detail)
         self.detail = detail
         if code is not None:
-            self.code = code  # type: ignore[misc]  # instance override of the class default
+            # A finer code for this instance; the ClassVar stays the class's default (mypy forbids
+            # assigning a ClassVar through an instance, hence the ignore).
+            self.code = code  # type: ignore[misc]
         self.extra = extra
 
     def __str__(self) -> str:

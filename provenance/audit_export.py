@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -76,7 +76,7 @@ async def export_lines(events: AsyncIterable[ChainedEvent], flt: AuditFilter, fm
             )
 
 
-def _csv_row(values: list[object]) -> str:
+def _csv_row(values: Sequence[object]) -> str:
     buf = io.StringIO()
     csv.writer(buf).writerow(values)
     return buf.getvalue()

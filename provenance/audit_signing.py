@@ -54,14 +54,14 @@ class AuditSigner:
             )
             (keys_dir / PUBLIC_FILE).write_bytes(public)
         try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (ValueError, OSError) as exc:
             raise ConfigurationError(
                 f"cannot read the audit key {path}: {exc}", code=codes.KEYS_AUDIT_INVALID
             ) from exc
-        if not isinstance(key, Ed25519PrivateKey):
+        if not isinstance(loaded, Ed25519PrivateKey):
             raise ConfigurationError(f"{path} is not an Ed25519 key", code=codes.KEYS_AUDIT_INVALID)
-        return cls(key)
+        return cls(loaded)
 
     def sign(self, seq: int, digest: str) -> bytes:
         return self._key.sign(message(seq, digest))

@@ -211,7 +211,11 @@ def load_signing_material(keys_dir: Path) -> SigningMaterial:
         ) from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ConfigurationError("the signing key must be an EC P-256 key (ES256)", code=codes.KEYS_INVALID)
-    if chain[0].public_key().public_numbers() != key.public_key().public_numbers():
+    leaf_key = chain[0].public_key()
+    if (
+        not isinstance(leaf_key, ec.EllipticCurvePublicKey)
+        or leaf_key.public_numbers() != key.public_key().public_numbers()
+    ):
         raise ConfigurationError(
             f"{KEY_FILE} does not belong to the first certificate of {CHAIN_FILE}", code=codes.KEYS_INVALID
         )

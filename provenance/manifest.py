@@ -77,8 +77,9 @@ class ManifestInfo:
     untrained: bool
     watermark_algorithm: str
     watermark_payload_hex: str
-    consent_record_hash: str  # SHA-256 hex of the consent record id, never the id or a name
-    purpose: str
+    consent_record_hash: str | None  # SHA-256 hex of the consent record id, never the id or a name
+    """None when the request named no subject (no likeness was consented to or asked for)."""
+    purpose: str | None
     verifier_scores: Mapping[str, float] = field(default_factory=dict)
     policy_version: str = ""
 
@@ -86,7 +87,7 @@ class ManifestInfo:
         problems = []
         if "/" not in self.claim_generator:
             problems.append("claim_generator must be 'name/version'")
-        if not _HEX64.fullmatch(self.consent_record_hash):
+        if self.consent_record_hash is not None and not _HEX64.fullmatch(self.consent_record_hash):
             problems.append("consent_record_hash must be 64 lowercase hex characters (SHA-256)")
         if not _HEX16.fullmatch(self.watermark_payload_hex):
             problems.append("watermark_payload_hex must be 16 lowercase hex characters")
@@ -162,8 +163,12 @@ def build_manifest(info: ManifestInfo) -> dict[str, Any]:
             {
                 "label": CONSENT_LABEL,
                 "data": {
-                    "consent_record_hash": info.consent_record_hash,
-                    "hash_alg": "sha256",
+                    "subject_named": info.consent_record_hash is not None,
+                    **(
+                        {"consent_record_hash": info.consent_record_hash, "hash_alg": "sha256"}
+                        if info.consent_record_hash is not None
+                        else {}
+                    ),
                     "purpose": info.purpose,
                     "verifier_scores": {k: float(v) for k, v in info.verifier_scores.items()},
                     "policy_version": info.policy_version,

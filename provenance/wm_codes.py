@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -73,6 +74,14 @@ def conv_encode(bits: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return out.reshape(*bits.shape[:-1], steps * len(GENERATORS))
 
 
+def _branch_metrics(sym: NDArray[np.float64], outputs: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Correlation of the soft values ``sym`` (..., outputs) with each state's +-1 outputs."""
+    total = sym[..., 0, None] * outputs[:, 0]
+    for k in range(1, len(GENERATORS)):
+        total = total + sym[..., k, None] * outputs[:, k]
+    return total
+
+
 def viterbi_decode(soft: NDArray[np.float64], n_info: int = INFO_BITS) -> NDArray[np.uint8]:
     """Maximum-likelihood info bits for each row of soft values (> 0: the coded bit is probably 1).
 
@@ -85,15 +94,13 @@ def viterbi_decode(soft: NDArray[np.float64], n_info: int = INFO_BITS) -> NDArra
     sym = -soft[:, : steps * len(GENERATORS)].reshape(n, steps, len(GENERATORS))
     sym = np.ascontiguousarray(np.moveaxis(sym, 1, 0))  # (steps, n, outputs)
     # Branch metrics (steps, n, states), written out rather than as a tiny BLAS matmul.
-    bm0 = sum(sym[..., k, None] * _OUT0[:, k] for k in range(len(GENERATORS)))
-    bm1 = sum(sym[..., k, None] * _OUT1[:, k] for k in range(len(GENERATORS)))
     # Predecessors of states s and s + 32 are the same pair (2s, 2s + 1), so the add-compare-
     # select runs on views, shaped (n, 2 halves, 32), with no gathers.
-    bm0 = bm0.reshape(steps, n, 2, _STATES // 2)
-    bm1 = bm1.reshape(steps, n, 2, _STATES // 2)
+    bm0 = _branch_metrics(sym, _OUT0).reshape(steps, n, 2, _STATES // 2)
+    bm1 = _branch_metrics(sym, _OUT1).reshape(steps, n, 2, _STATES // 2)
     metric = np.full((n, _STATES), -np.inf)
     metric[:, 0] = 0.0  # the encoder starts in state 0
-    choice = np.empty((steps, n, 2, _STATES // 2), dtype=bool)
+    choice: NDArray[np.bool_] = np.empty((steps, n, 2, _STATES // 2), dtype=bool)
     for t in range(steps):
         m0 = metric[:, None, 0::2] + bm0[t]
         m1 = metric[:, None, 1::2] + bm1[t]
@@ -140,13 +147,13 @@ class PayloadCode:
         frame = np.frombuffer(payload + self._crc(payload), dtype=np.uint8)
         return conv_encode(np.unpackbits(frame) ^ self._mask)
 
-    def decode(self, soft: NDArray[np.float64]) -> list[FrameReading]:
+    def decode(self, soft: NDArray[np.floating[Any]]) -> list[FrameReading]:
         """Viterbi-decode each row of ``soft`` (one value per coded bit, > 0 meaning 1) and
         check each CRC. Every row is one attempt at 2**-32 odds of a false match."""
-        soft = np.atleast_2d(np.asarray(soft, dtype=np.float64))
-        info = viterbi_decode(soft, INFO_BITS)
+        values = np.atleast_2d(np.asarray(soft, dtype=np.float64))
+        info = viterbi_decode(values, INFO_BITS)
         signs = 2.0 * conv_encode(info).astype(np.float64) - 1.0
-        agreement = np.sum(soft * signs, axis=1) / np.maximum(np.sum(np.abs(soft), axis=1), 1e-12)
+        agreement = np.sum(values * signs, axis=1) / np.maximum(np.sum(np.abs(values), axis=1), 1e-12)
         readings = []
         for row, agree in zip(np.packbits(info ^ self._mask, axis=1), agreement, strict=True):
             data = row.tobytes()

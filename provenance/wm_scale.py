@@ -94,7 +94,10 @@ def rescale(y: NDArray[np.float32], scale: float) -> NDArray[np.float32]:
     """Undo a resize by ``scale``. Given ``fx``/``fy`` and no target size, OpenCV maps with the
     exact factor; a rounded target size would be off by up to half a pixel over the image."""
     flags = cv2.INTER_CUBIC if scale < 1.0 else cv2.INTER_AREA
-    return cv2.resize(y, None, fx=1.0 / scale, fy=1.0 / scale, interpolation=flags)
+    # cv2's stubs type the result as any integer or float array; for float32 input it is float32,
+    # so asarray only narrows the type (it returns the same array, no copy).
+    out = cv2.resize(y, None, fx=1.0 / scale, fy=1.0 / scale, interpolation=flags)
+    return np.asarray(out, dtype=np.float32)
 
 
 Sync = Callable[[NDArray[np.float32]], tuple[NDArray[np.complex128], NDArray[np.float64]]]

@@ -168,7 +168,10 @@ class TiledSpreadSpectrum:
         (which sees the photo alone) and decoder (which sees photo + mark) agree on it.
         """
         power = np.abs(raw) ** 2
-        local = sum(np.roll(power, (du, dv), axis=(0, 1)) for du in range(-2, 3) for dv in range(-2, 3))
+        local = np.zeros_like(power)
+        for du in range(-2, 3):
+            for dv in range(-2, 3):
+                local = local + np.roll(power, (du, dv), axis=(0, 1))
         flat = local.reshape(-1)
         ref = np.zeros_like(flat)
         for ring in self._rings:
@@ -187,7 +190,9 @@ class TiledSpreadSpectrum:
     def _bit_stats(self, spectrum: NDArray[np.complex128]) -> NDArray[np.float64]:
         dof = np.ascontiguousarray(spectrum).reshape(-1).view(np.float64)
         lay = self._lay
-        return np.bincount(lay.owner, dof[lay.msg] * lay.msg_pn, minlength=lay.n_coded)
+        # With weights, bincount returns float64 (numpy's stubs say an integer array); no copy.
+        counts = np.bincount(lay.owner, dof[lay.msg] * lay.msg_pn, minlength=lay.n_coded)
+        return counts.astype(np.float64, copy=False)
 
     def _pattern(self, bit_amp: NDArray[np.float64], sync_amp: float) -> NDArray[np.float64]:
         lay = self._lay

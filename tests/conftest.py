@@ -26,7 +26,7 @@ PG_ADMIN_URL = os.environ.get("CONSENTRY_TEST_PG_URL", "postgresql://127.0.0.1:5
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path):
     """A fresh, empty database URL: a SQLite file, or a throw-away PostgreSQL database.
 
     PostgreSQL is part of the contract (CI starts it); an unreachable server fails the test

@@ -14,7 +14,11 @@ PACKAGES = ("gateway", "detectors", "provenance", "generation", "policies")
 def run_elsewhere(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
     # Run from a folder outside the checkout, so only what is installed can be imported.
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

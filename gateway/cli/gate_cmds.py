@@ -22,7 +22,7 @@ from consentry.policies.errors import BadInputError
 def cmd_generate(args: argparse.Namespace) -> int:
     req = GenerationRequest(
         subject_id=args.subject,
-        purpose=Purpose(args.purpose),
+        purpose=Purpose(args.purpose) if args.purpose else None,
         prompt=args.prompt,
         seed=args.seed,
         references=read_files(args.reference),

@@ -90,9 +90,9 @@ def build(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
 
     gen = command("generate", "generate", "Generate through the gate as a requester principal")
     gen.add_argument("--as", dest="as_principal", required=True, help="requester principal name")
-    gen.add_argument("--subject", required=True, help="identity id (idn_…)")
+    gen.add_argument("--subject", help="identity id (idn_…) of the consenting subject; omit to name nobody")
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--purpose", required=True, choices=[p.value for p in Purpose])
+    gen.add_argument("--purpose", choices=[p.value for p in Purpose], help="required with --subject")
     gen.add_argument("--reference", action="append", help="reference photo of the subject (repeatable)")
     gen.add_argument("--seed", type=int, default=0)
 

@@ -19,9 +19,8 @@ def provenance_text(report: ProvenanceReport) -> str:
         f"C2PA manifest: {c2pa.get('state') or 'none'}" + (f" ({c2pa['note']})" if c2pa.get("note") else "")
     ]
     if mark["found"]:
-        lines.append(
-            f"watermark: payload {mark['payload']} (confidence {mark['confidence']:.2f}, key {mark.get('key_id')})"
-        )
+        confidence, key = f"{mark['confidence']:.2f}", mark.get("key_id")
+        lines.append(f"watermark: payload {mark['payload']} (confidence {confidence}, key {key})")
     else:
         lines.append("watermark: none found with this deployment's keys")
     if record:

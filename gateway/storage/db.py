@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, CursorResult, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql import Executable
 
 from consentry.policies import codes
 from consentry.policies.errors import ConfigurationError
@@ -18,7 +22,7 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 MIGRATION_LOCK = 0x6D696772  # "migr"
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     # WAL lets readers continue while the gate appends; the busy timeout makes a second process
     # wait for the write lock instead of failing at once.
     cursor = dbapi_connection.cursor()
@@ -28,6 +32,16 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     # Deleted rows (erased templates) are overwritten with zeros, not left in free pages.
     cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
+
+
+async def affected_rows(session: AsyncSession, statement: Executable) -> int:
+    """Run an UPDATE or DELETE and return how many rows it matched.
+
+    ``AsyncSession.execute`` is typed as returning a plain ``Result``; for DML without RETURNING
+    it is a ``CursorResult``, the type that has ``rowcount``.
+    """
+    result = cast(CursorResult[Any], await session.execute(statement))
+    return result.rowcount
 
 
 class Database:

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from consentry.gateway.storage.audit_log import AuditLog
-from consentry.gateway.storage.db import Database
+from consentry.gateway.storage.db import Database, affected_rows
 from consentry.gateway.storage.tables import ApiKey, Principal
 from consentry.policies import codes
 from consentry.policies.errors import AuthError, BadInputError, ConflictError, NotFoundError
@@ -105,12 +105,13 @@ class Principals:
 
     async def revoke_key(self, key_id: str, actor: str = "local-cli") -> None:
         async def write(session: AsyncSession, _event: ChainedEvent) -> None:
-            result = await session.execute(
+            revoked = await affected_rows(
+                session,
                 update(ApiKey)
                 .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-                .values(revoked_at=datetime.now(UTC))
+                .values(revoked_at=datetime.now(UTC)),
             )
-            if result.rowcount == 0:
+            if revoked == 0:
                 raise NotFoundError(f"no live key {key_id}", code=codes.KEY_NOT_FOUND)
 
         await self.audit.append("key.revoked", {"key_id": key_id, "actor": actor}, also=write)

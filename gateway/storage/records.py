@@ -17,8 +17,8 @@ class RecordView:
     id: str
     watermark: str
     principal_id: str
-    identity_id: str
-    grant_id: str
+    identity_id: str | None
+    grant_id: str | None
     model: str
     untrained: bool
     manifest: dict[str, Any]

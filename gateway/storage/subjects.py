@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from consentry.gateway.storage.audit_log import AuditLog
-from consentry.gateway.storage.db import Database
+from consentry.gateway.storage.db import Database, affected_rows
 from consentry.gateway.storage.principals import new_id
 from consentry.gateway.storage.tables import GenerationRecord, Grant, Identity, Principal, Template
 from consentry.gateway.storage.vault import TemplateVault
@@ -116,6 +116,7 @@ class Subjects:
             ).all()
         by_identity: dict[str, tuple[bytes, list[bytes]]] = {}
         for identity_id, key, sealed in rows:
+            assert key is not None  # only erasing clears the key, and it also ends "active"
             by_identity.setdefault(identity_id, (key, []))[1].append(sealed)
         ids: list[str] = []
         blocks: list[np.ndarray] = []
@@ -180,12 +181,13 @@ class Subjects:
 
     async def revoke(self, grant_id: str, actor: str) -> None:
         async def write(session: AsyncSession, _event: ChainedEvent) -> None:
-            result = await session.execute(
+            revoked = await affected_rows(
+                session,
                 update(Grant)
                 .where(Grant.id == grant_id, Grant.revoked_at.is_(None))
-                .values(revoked_at=datetime.now(UTC))
+                .values(revoked_at=datetime.now(UTC)),
             )
-            if result.rowcount == 0:
+            if revoked == 0:
                 # Raising inside the unit of work rolls the audit event back too.
                 raise NotFoundError(f"no live grant {grant_id}", code=codes.GRANT_NOT_FOUND)
 
@@ -206,22 +208,22 @@ class Subjects:
             if identity.status == "erased":
                 raise ConflictError(f"identity {identity_id} is already erased", code=codes.IDENTITY_ERASED)
             identity.status, identity.data_key, identity.label, identity.erased_at = "erased", None, "", now
-            deleted = await session.execute(delete(Template).where(Template.identity_id == identity_id))
-            revoked = await session.execute(
+            deleted = await affected_rows(
+                session, delete(Template).where(Template.identity_id == identity_id)
+            )
+            revoked = await affected_rows(
+                session,
                 update(Grant)
                 .where(Grant.identity_id == identity_id, Grant.revoked_at.is_(None))
-                .values(revoked_at=now)
+                .values(revoked_at=now),
             )
-            flagged = await session.execute(
+            flagged = await affected_rows(
+                session,
                 update(GenerationRecord)
                 .where(GenerationRecord.identity_id == identity_id)
-                .values(subject_erased=True)
+                .values(subject_erased=True),
             )
-            counts.update(
-                templates_destroyed=deleted.rowcount,
-                grants_revoked=revoked.rowcount,
-                records_flagged=flagged.rowcount,
-            )
+            counts.update(templates_destroyed=deleted, grants_revoked=revoked, records_flagged=flagged)
 
         body = {"identity_id": identity_id, "actor": actor, "adapters_deleted": 0, "photos_deleted": 0}
         # The counts are only known inside the transaction; the event states what was asked.
@@ -246,13 +248,14 @@ class Subjects:
     @staticmethod
     async def consume(session: AsyncSession, grant_id: str) -> bool:
         """Count one use, only if the grant is still live and has uses left (atomic)."""
-        result = await session.execute(
+        used = await affected_rows(
+            session,
             update(Grant)
             .where(
                 Grant.id == grant_id,
                 Grant.revoked_at.is_(None),
                 (Grant.max_uses.is_(None)) | (Grant.uses < Grant.max_uses),
             )
-            .values(uses=Grant.uses + 1)
+            .values(uses=Grant.uses + 1),
         )
-        return result.rowcount == 1
+        return used == 1

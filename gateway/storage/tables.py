@@ -96,8 +96,9 @@ class GenerationRecord(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     watermark: Mapped[str] = mapped_column(String(32), unique=True)
     principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"))
-    identity_id: Mapped[str] = mapped_column(ForeignKey("identities.id"), index=True)
-    grant_id: Mapped[str] = mapped_column(ForeignKey("grants.id"))
+    # Both are None for a generation that named no subject.
+    identity_id: Mapped[str | None] = mapped_column(ForeignKey("identities.id"), index=True)
+    grant_id: Mapped[str | None] = mapped_column(ForeignKey("grants.id"))
     prompt_sha256: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(Text)
     untrained: Mapped[bool] = mapped_column(Boolean)

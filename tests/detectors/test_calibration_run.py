@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pytest
@@ -17,7 +18,13 @@ from consentry.detectors.calibration_run import Photo, calibrate, pick_face, sca
 from consentry.detectors.detection import DetectedFace
 from consentry.policies.errors import BadInputError
 
-LIMITS = {"max_image_bytes": 10**6, "max_image_pixels": 10**6}
+
+class _Limits(TypedDict):
+    max_image_bytes: int
+    max_image_pixels: int
+
+
+LIMITS: _Limits = {"max_image_bytes": 10**6, "max_image_pixels": 10**6}
 SIDE = 100
 CENTRAL = (35.0, 35.0, 65.0, 65.0)  # contains the image centre
 BYSTANDER = (0.0, 0.0, 45.0, 45.0)  # larger, but off-centre
@@ -30,7 +37,15 @@ def _face(box: tuple[float, float, float, float]) -> DetectedFace:
 
 
 class StubEmbedder:
+    """Only the name is read; the stub analyzer makes the embeddings itself."""
+
     name = "stub"
+    dim = 8
+    chip_size = SIDE
+    chip_padding = 0.0
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        raise AssertionError("the stub analyzer never cuts chips")
 
 
 class StubAnalyzer:
@@ -46,7 +61,9 @@ class StubAnalyzer:
         self.calls.append(len(images))
         out = []
         for image in images:
-            r, g, b = image.getpixel((0, 0))
+            pixel = image.getpixel((0, 0))
+            assert isinstance(pixel, tuple)  # RGB
+            r, g, b = pixel
             if b == NO_FACE:
                 out.append(AnalyzedImage((), np.zeros((0, 8), np.float32)))
                 continue
@@ -117,7 +134,7 @@ def test_pick_face_prefers_the_largest_central_face_else_the_nearest() -> None:
 def test_calibrate_accounts_for_every_photo_and_separates_the_people(folder: Path) -> None:
     analyzer = StubAnalyzer()
     photos = scan_photos(folder)
-    result = calibrate(photos, analyzer, **LIMITS)  # type: ignore[arg-type]
+    result = calibrate(photos, analyzer, **LIMITS)
     assert analyzer.calls == [10]  # one batch; the unreadable file never reaches the analyzer
     assert result.root == folder
     assert [p.name for p in result.undetected] == ["noface.png"]
@@ -138,31 +155,31 @@ def test_calibrate_batches_and_refuses_what_cannot_be_measured(tmp_path: Path) -
         for photo in range(10):
             _photo(many / f"p{person}" / f"{photo}.png", person, photo % 4)
     analyzer = StubAnalyzer()
-    calibrate(scan_photos(many), analyzer, **LIMITS)  # type: ignore[arg-type]
+    calibrate(scan_photos(many), analyzer, **LIMITS)
     assert analyzer.calls == [16, 4]
 
     faceless = tmp_path / "faceless"
     for person in range(2):
         _photo(faceless / f"p{person}" / "0.png", person, 0, blue=NO_FACE)
     with pytest.raises(BadInputError) as none:
-        calibrate(scan_photos(faceless), StubAnalyzer(), **LIMITS)  # type: ignore[arg-type]
+        calibrate(scan_photos(faceless), StubAnalyzer(), **LIMITS)
     assert none.value.code == "calibrate.no_faces"
 
     singles = tmp_path / "singles"
     for person in range(3):
         _photo(singles / f"p{person}" / "0.png", person, 0)
     with pytest.raises(BadInputError) as pairs:
-        calibrate(scan_photos(singles), StubAnalyzer(), **LIMITS)  # type: ignore[arg-type]
+        calibrate(scan_photos(singles), StubAnalyzer(), **LIMITS)
     assert pairs.value.code == "calibrate.no_genuine_pairs"
 
     mixed = (Photo("p0", singles / "p0" / "0.png"), Photo("p1", faceless / "p1" / "0.png"))
     with pytest.raises(BadInputError) as one:
-        calibrate(mixed, StubAnalyzer(), **LIMITS)  # type: ignore[arg-type]
+        calibrate(mixed, StubAnalyzer(), **LIMITS)
     assert one.value.code == "calibrate.too_few_people"
 
 
 def test_report_and_summary(folder: Path, tmp_path: Path) -> None:
-    result = calibrate(scan_photos(folder), StubAnalyzer(), **LIMITS)  # type: ignore[arg-type]
+    result = calibrate(scan_photos(folder), StubAnalyzer(), **LIMITS)
     html = render_report(result, current_threshold=0.93)
     assert html.startswith("<!DOCTYPE html>") and html.count("<svg") == 2
     assert "<polyline" in html and "configured now" in html

@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -25,6 +26,9 @@ from consentry.detectors.align import (
 )
 from consentry.detectors.detection import DetectedFace, FaceDetector
 from consentry.policies.errors import BadInputError, ConfigurationError
+
+if TYPE_CHECKING:
+    from dlib import chip_details  # dlib ships no type information: this is Any to mypy
 
 dlib = pytest.importorskip("dlib")
 
@@ -126,7 +130,7 @@ def test_degenerate_inputs(detector: FaceDetector) -> None:
 def test_detected_face_is_frozen(faces_dir: Path, detector: FaceDetector) -> None:
     face = detector.detect([load(faces_dir / "formats" / "einstein.jpeg")])[0][0]
     with pytest.raises(dataclasses.FrozenInstanceError):
-        face.probability = 0.0  # type: ignore[misc]
+        face.probability = 0.0  # type: ignore[misc]  # assigning to a frozen field is the test
     assert 0.9 <= face.probability <= 1.0 and len(face.landmarks) == 5
 
 
@@ -144,15 +148,15 @@ def test_bad_configuration() -> None:
 # -- alignment against dlib -------------------------------------------------------------------
 
 
-def dlib_chip_to_image(details: object) -> np.ndarray:
+def dlib_chip_to_image(details: chip_details) -> np.ndarray:
     """dlib's chip -> image map: chip (0,0), (cols-1,0), (0,rows-1) sit on the rect's tl, tr,
     bl corners rotated by ``angle`` about its centre."""
-    r, a = details.rect, details.angle  # type: ignore[attr-defined]
+    r, a = details.rect, details.angle
     centre = np.array([(r.left() + r.right()) / 2, (r.top() + r.bottom()) / 2])
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     tl, tr, bl = (rot @ (np.array(p) - centre) + centre for p in
                   ((r.left(), r.top()), (r.right(), r.top()), (r.left(), r.bottom())))  # fmt: skip
-    cols, rows = details.cols - 1, details.rows - 1  # type: ignore[attr-defined]
+    cols, rows = details.cols - 1, details.rows - 1
     return np.vstack([np.column_stack([(tr - tl) / cols, (bl - tl) / rows, tl]), [0, 0, 1]])
 
 
@@ -166,7 +170,7 @@ def lfw_pairs(faces_dir: Path, detector: FaceDetector) -> list[tuple[np.ndarray,
     predictor = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
     paths = [p for person in sorted((faces_dir / "lfw").iterdir()) for p in sorted(person.glob("*.jpg"))[:4]]
     images = [load(p) for p in paths]
-    pairs = []
+    pairs: list[tuple[np.ndarray, object, object]] = []
     for image, faces in zip(images, detector.detect(images), strict=True):
         rgb = np.asarray(image)
         dets = list(hog(rgb, 1))

@@ -86,7 +86,8 @@ def test_same_person_close_different_people_far(
 ) -> None:
     people, raw = faces[0], ours_raw
     vectors = raw / np.linalg.norm(raw, axis=1, keepdims=True)
-    same, different = [], []
+    same: list[tuple[float, float]] = []
+    different: list[tuple[float, float]] = []
     for i, j in combinations(range(len(people)), 2):
         cosine, distance = float(vectors[i] @ vectors[j]), float(np.linalg.norm(raw[i] - raw[j]))
         (same if people[i] == people[j] else different).append((cosine, distance))

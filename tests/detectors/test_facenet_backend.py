@@ -16,7 +16,7 @@ from PIL import Image
 
 from consentry.detectors.facenet_embedder import FacenetEmbedder
 from consentry.gateway.wiring import build_analyzer
-from consentry.policies.config import Settings
+from consentry.policies.config import EmbedderKind, Settings
 from consentry.policies.errors import ConfigurationError
 
 
@@ -29,7 +29,9 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_selected_in_config_and_embeds_real_faces(weights: Path, faces_dir: Path, tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, embedder="facenet", facenet_weights=weights, device="cpu")
+    settings = Settings(
+        data_dir=tmp_path, embedder=EmbedderKind.facenet, facenet_weights=weights, device="cpu"
+    )
     analyzer = build_analyzer(settings)
     assert isinstance(analyzer.embedder, FacenetEmbedder)
     image = Image.open(faces_dir / "lfw" / "Tony_Blair" / "Tony_Blair_0002.jpg").convert("RGB")
@@ -42,7 +44,7 @@ def test_missing_weights_path_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as exc:
         FacenetEmbedder(tmp_path / "nope.pt", device="cpu")
     assert exc.value.code == "model.weights_missing"
-    settings = Settings(data_dir=tmp_path, embedder="facenet", device="cpu")
+    settings = Settings(data_dir=tmp_path, embedder=EmbedderKind.facenet, device="cpu")
     with pytest.raises(ConfigurationError) as exc:
         build_analyzer(settings)
     assert exc.value.code == "model.weights_missing"

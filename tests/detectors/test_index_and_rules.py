@@ -38,7 +38,7 @@ def _noisy(v: np.ndarray, eps: float = 0.05) -> np.ndarray:
     return normalise((v + eps * RNG.normal(size=v.shape))[None])
 
 
-def test_reference_rules(world) -> None:  # type: ignore[no-untyped-def]
+def test_reference_rules(world) -> None:
     index, people = world
     stranger = normalise(RNG.normal(size=(1, 128)))
     no_face = np.zeros((0, 128), np.float32)
@@ -55,7 +55,7 @@ def test_reference_rules(world) -> None:  # type: ignore[no-untyped-def]
     assert ref(np.concatenate([_noisy(people["a"]), stranger])) == "face.unknown"
 
 
-def test_output_rules(world) -> None:  # type: ignore[no-untyped-def]
+def test_output_rules(world) -> None:
     index, people = world
 
     def out(face: np.ndarray, require_face: bool = False) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -16,8 +16,10 @@ import pytest
 import pytest_asyncio
 from litestar import Litestar
 
-from consentry.gateway.plugin import ConsentryConfig, create_app
+from consentry.detectors.analyzer import FaceAnalyzer
 from consentry.gateway.gate import Gate
+from consentry.gateway.plugin import ConsentryConfig, create_app
+from consentry.generation.base import Generator
 from consentry.generation.tiny import build_tiny_pipeline
 from consentry.policies.config import Settings
 from consentry.provenance.keys import init_dev_keys
@@ -28,7 +30,10 @@ class AppClient(httpx.AsyncClient):
     (Litestar's AsyncTestClient runs the lifespan in a second loop, which asyncpg pools reject)."""
 
     def __init__(self, app: Litestar) -> None:
-        super().__init__(transport=httpx.ASGITransport(app=app), base_url="http://testserver", timeout=120)
+        # httpx types the app with plain-dict scope and messages; Litestar's own ``__call__``
+        # takes its TypedDicts, which mypy cannot match against those (it is a valid ASGI app).
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        super().__init__(transport=transport, base_url="http://testserver", timeout=120)
         self.app = app
 
 
@@ -36,9 +41,10 @@ class AppClient(httpx.AsyncClient):
 async def serve(app: Litestar) -> AsyncIterator[AppClient]:
     """Run the app's ASGI lifespan in one background task of the current loop (so fixtures may
     set up and tear down in different tasks), then yield a client bound to the app."""
-    inbox: asyncio.Queue[dict] = asyncio.Queue()  # type: ignore[type-arg]
-    outbox: asyncio.Queue[dict] = asyncio.Queue()  # type: ignore[type-arg]
+    inbox: asyncio.Queue[dict] = asyncio.Queue()
+    outbox: asyncio.Queue[dict] = asyncio.Queue()
     scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    # Plain dicts stand in for Litestar's lifespan TypedDicts (as a server's would).
     task = asyncio.create_task(app(scope, inbox.get, outbox.put))  # type: ignore[arg-type]
     await inbox.put({"type": "lifespan.startup"})
     started = await outbox.get()
@@ -91,7 +97,7 @@ async def admin_key(client: AppClient) -> str:
 
 
 @pytest.fixture(scope="session")
-def shared_models(tiny_model: Path):  # type: ignore[no-untyped-def]
+def shared_models(tiny_model: Path) -> Iterator[tuple[FaceAnalyzer, Generator]]:
     """One analyzer and one generator for tests that open many gates (one per database)."""
     from consentry.gateway.wiring import build_analyzer, build_generator
 
@@ -103,8 +109,12 @@ def shared_models(tiny_model: Path):  # type: ignore[no-untyped-def]
 
 @pytest_asyncio.fixture
 async def db_client(
-    database_url: str, tmp_path: Path, tiny_model: Path, dev_keys: Path, shared_models
-) -> AsyncIterator[AppClient]:  # type: ignore[no-untyped-def]
+    database_url: str,
+    tmp_path: Path,
+    tiny_model: Path,
+    dev_keys: Path,
+    shared_models: tuple[FaceAnalyzer, Generator],
+) -> AsyncIterator[AppClient]:
     """A gateway on a fresh SQLite or PostgreSQL database (parametrized), sharing loaded models."""
     from consentry.gateway.wiring import open_gate
 

@@ -17,7 +17,7 @@ EVENTS = 25  # checkpoints at 10 and 20; the tail 21..25 is after the last check
 
 
 @pytest.fixture
-async def log(database_url: str):  # type: ignore[no-untyped-def]
+async def log(database_url: str):
     db = Database(database_url)
     await db.migrate()
     audit = AuditLog(db, AuditSigner(Ed25519PrivateKey.generate()), checkpoint_every=10)
@@ -33,21 +33,21 @@ async def sql(db: Database, statement: str, **params: object) -> None:
         await session.execute(text(statement), params)
 
 
-async def test_edited_row(log) -> None:  # type: ignore[no-untyped-def]
+async def test_edited_row(log) -> None:
     db, audit = log
     await sql(db, "UPDATE audit_events SET kind = 'test.edited' WHERE seq = 7")
     report = await audit.verify()
     assert not report.ok and report.first_bad_seq == 7
 
 
-async def test_deleted_row(log) -> None:  # type: ignore[no-untyped-def]
+async def test_deleted_row(log) -> None:
     db, audit = log
     await sql(db, "DELETE FROM audit_events WHERE seq = 12")
     report = await audit.verify()
     assert not report.ok and report.first_bad_seq == 13 and "gap" in report.problem
 
 
-async def test_swapped_rows(log) -> None:  # type: ignore[no-untyped-def]
+async def test_swapped_rows(log) -> None:
     db, audit = log
     await sql(db, "UPDATE audit_events SET seq = -1 WHERE seq = 4")
     await sql(db, "UPDATE audit_events SET seq = 4 WHERE seq = 5")
@@ -56,7 +56,7 @@ async def test_swapped_rows(log) -> None:  # type: ignore[no-untyped-def]
     assert not report.ok and report.first_bad_seq == 4
 
 
-async def test_inserted_row(log) -> None:  # type: ignore[no-untyped-def]
+async def test_inserted_row(log) -> None:
     db, audit = log
     # A forger renumbers the tail to make room and inserts a well-formed event at 15.
     for seq in range(EVENTS, 14, -1):
@@ -75,14 +75,14 @@ async def test_inserted_row(log) -> None:  # type: ignore[no-untyped-def]
     assert not report.ok and report.first_bad_seq == 15
 
 
-async def test_truncated_tail_after_last_checkpoint(log) -> None:  # type: ignore[no-untyped-def]
+async def test_truncated_tail_after_last_checkpoint(log) -> None:
     db, audit = log
     await sql(db, "DELETE FROM audit_events WHERE seq > 22")
     report = await audit.verify()
     assert not report.ok and "tail" in report.problem and report.events == 22
 
 
-async def test_forged_head_and_whole_rewrite(log) -> None:  # type: ignore[no-untyped-def]
+async def test_forged_head_and_whole_rewrite(log) -> None:
     db, audit = log
     # Rewriting the whole chain consistently still fails: checkpoints and head are signed.
     await sql(db, "DELETE FROM audit_events")
@@ -105,7 +105,7 @@ async def test_forged_head_and_whole_rewrite(log) -> None:  # type: ignore[no-un
     assert report.problem in {"checkpoint does not match the log", "head signature invalid"}
 
 
-async def test_other_key_does_not_verify(log) -> None:  # type: ignore[no-untyped-def]
+async def test_other_key_does_not_verify(log) -> None:
     _, audit = log
     report = await audit.verify(Ed25519PrivateKey.generate().public_key())
     assert not report.ok and "signature" in report.problem

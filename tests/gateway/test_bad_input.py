@@ -23,7 +23,7 @@ def bad_images(faces_dir: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case", ["text", "truncated", "corrupted", "five_byte_png", "not_base64"])
-async def test_bad_enrollment_photo(client, role_keys, faces_dir, case) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_enrollment_photo(client, role_keys, faces_dir, case) -> None:
     before = await audit_event_count(client, role_keys)
     good = [b64(faces_dir / "lfw" / "Hugo_Chavez" / f"Hugo_Chavez_{n:04d}.jpg") for n in (1, 2, 3)]
     body = {"label": "x", "photos": [*good, bad_images(faces_dir)[case]]}
@@ -35,7 +35,7 @@ async def test_bad_enrollment_photo(client, role_keys, faces_dir, case) -> None:
 
 
 @pytest.mark.parametrize("case", ["text", "truncated", "five_byte_png"])
-async def test_bad_reference_image(client, role_keys, faces_dir, case) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_reference_image(client, role_keys, faces_dir, case) -> None:
     before = await audit_event_count(client, role_keys)
     body = {
         "subject_id": "idn_x",
@@ -49,7 +49,7 @@ async def test_bad_reference_image(client, role_keys, faces_dir, case) -> None: 
     assert await audit_event_count(client, role_keys) == before
 
 
-async def test_empty_body_and_empty_image(client, role_keys) -> None:  # type: ignore[no-untyped-def]
+async def test_empty_body_and_empty_image(client, role_keys) -> None:
     r = await client.post(
         "/v1/identities",
         content=b"",
@@ -62,7 +62,7 @@ async def test_empty_body_and_empty_image(client, role_keys) -> None:  # type: i
     assert (r.status_code, r.json()["code"]) == (400, "input.invalid")
 
 
-async def test_unknown_subject(client, role_keys, faces_dir) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_subject(client, role_keys, faces_dir) -> None:
     before = await audit_event_count(client, role_keys)
     body = {"subject_id": "idn_doesnotexist", "purpose": "portrait", "prompt": "a portrait"}
     r = await client.post("/v1/generate", json=body, headers={"X-API-Key": role_keys["P"]})
@@ -70,7 +70,7 @@ async def test_unknown_subject(client, role_keys, faces_dir) -> None:  # type: i
     assert await audit_event_count(client, role_keys) == before
 
 
-async def test_malformed_json_and_unknown_fields(client, role_keys) -> None:  # type: ignore[no-untyped-def]
+async def test_malformed_json_and_unknown_fields(client, role_keys) -> None:
     h = {"X-API-Key": role_keys["P"], "content-type": "application/json"}
     r = await client.post("/v1/generate", content=b'{"subject_id": "idn_x", ', headers=h)
     assert r.status_code == 400 and r.json()["code"] == "input.malformed_json", r.text
@@ -82,14 +82,14 @@ async def test_malformed_json_and_unknown_fields(client, role_keys) -> None:  # 
     assert (r.status_code, r.json()["code"]) == (400, "input.invalid")
 
 
-async def test_missing_and_wrong_keys(client) -> None:  # type: ignore[no-untyped-def]
+async def test_missing_and_wrong_keys(client) -> None:
     r = await client.post("/v1/generate", json={})
     assert (r.status_code, r.json()["code"]) == (401, "auth.missing_key")
     r = await client.post("/v1/generate", json={}, headers={"X-API-Key": "csk_wrong"})
     assert (r.status_code, r.json()["code"]) == (401, "auth.invalid_key")
 
 
-async def test_revoke_unknown_grant_and_grant_to_unknown_identity(client, role_keys) -> None:  # type: ignore[no-untyped-def]
+async def test_revoke_unknown_grant_and_grant_to_unknown_identity(client, role_keys) -> None:
     op = {"X-API-Key": role_keys["op"]}
     r = await client.post("/v1/grants/gnt_nope/revoke", headers=op)
     assert (r.status_code, r.json()["code"]) == (404, "grant.not_found")

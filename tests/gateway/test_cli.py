@@ -31,7 +31,7 @@ def test_keys_init_refuses_to_overwrite(data_dir: Path, capsys: pytest.CaptureFi
     assert "keys.exist" in capsys.readouterr().err
 
 
-def test_models_tiny_refuses_a_foreign_folder(tmp_path: Path, data_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_models_tiny_refuses_a_foreign_folder(tmp_path: Path, data_dir: Path, capsys) -> None:
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
@@ -40,7 +40,7 @@ def test_models_tiny_refuses_a_foreign_folder(tmp_path: Path, data_dir: Path, ca
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
-def test_enroll_grant_generate_verify_audit(data_dir: Path, faces_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_enroll_grant_generate_verify_audit(data_dir: Path, faces_dir: Path, capsys) -> None:
     assert main(["keys", "init"]) == 0
     assert main(["principal", "add", "studio", "--role", "requester"]) == 0
     capsys.readouterr()
@@ -150,12 +150,12 @@ def test_enroll_grant_generate_verify_audit(data_dir: Path, faces_dir: Path, cap
         ),
     ],
 )
-def test_bad_input_exits_2_with_a_code(data_dir: Path, argv: list[str], code: str, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_exits_2_with_a_code(data_dir: Path, argv: list[str], code: str, capsys) -> None:
     assert main(argv) == 2
     assert code in capsys.readouterr().err
 
 
-def test_bad_images_exit_2(data_dir: Path, faces_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bad_images_exit_2(data_dir: Path, faces_dir: Path, capsys) -> None:
     for name in ("truncated.jpg", "corrupted.png", "empty.png"):
         assert main(["verify", str(faces_dir / "invalid" / name)]) == 2
         assert "image." in capsys.readouterr().err
@@ -168,7 +168,7 @@ def test_unknown_command_and_bad_purpose_exit_2(data_dir: Path) -> None:
     assert exc.value.code == 2
 
 
-def test_watermark_tools(data_dir: Path, faces_dir: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_watermark_tools(data_dir: Path, faces_dir: Path, tmp_path: Path, capsys) -> None:
     src = tmp_path / "photo.png"
     from PIL import Image
 
@@ -182,7 +182,12 @@ def test_watermark_tools(data_dir: Path, faces_dir: Path, tmp_path: Path, capsys
         reading["found"] is True and reading["payload"] == "00112233aabbccdd" and reading["confidence"] > 0.5
     )
     assert main(["watermark", "decode", str(src), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"found": False, "payload": None, "confidence": 0.0, "key_id": None}
+    assert json.loads(capsys.readouterr().out) == {
+        "found": False,
+        "payload": None,
+        "confidence": 0.0,
+        "key_id": None,
+    }
     assert main(["watermark", "embed", str(src), str(out), "--payload", "xyz"]) == 2
     assert main(["watermark", "embed", str(src), str(tmp_path / "o.gif")]) == 2
     assert main(["watermark", "decode", str(faces_dir / "invalid" / "truncated.jpg")]) == 2

@@ -144,7 +144,9 @@ def test_a_corrupt_key_file_is_exit_2_with_its_code(
         assert "keys.watermark_invalid" in err and "Traceback" not in err
 
 
-def test_embedding_on_a_fresh_deployment_creates_its_first_key(data_dir: Path, photo: Path, tmp_path: Path) -> None:
+def test_embedding_on_a_fresh_deployment_creates_its_first_key(
+    data_dir: Path, photo: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out.png"
     assert main(["watermark", "embed", str(photo), str(out), "--payload", "00112233aabbccdd"]) == 0
     assert out.is_file() and len(WatermarkKeyring.load(data_dir / "keys")) == 1

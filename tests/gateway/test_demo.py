@@ -9,7 +9,7 @@ import pytest
 from consentry.gateway.cli import main
 
 
-def test_demo_runs_offline_and_releases_one_image(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_demo_runs_offline_and_releases_one_image(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("CONSENTRY_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("CONSENTRY_DEVICE", "cpu")
     monkeypatch.delenv("CONSENTRY_FACES_DIR", raising=False)
@@ -24,7 +24,7 @@ def test_demo_runs_offline_and_releases_one_image(tmp_path: Path, monkeypatch, c
 
 
 @pytest.mark.parametrize("bad", ["not-a-number"])
-def test_bad_environment_is_a_clear_error(tmp_path: Path, monkeypatch, capsys, bad: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_environment_is_a_clear_error(tmp_path: Path, monkeypatch, capsys, bad: str) -> None:
     monkeypatch.setenv("CONSENTRY_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("CONSENTRY_MATCH_THRESHOLD", bad)
     assert main(["audit", "verify"]) == 2

@@ -60,7 +60,7 @@ async def generate(client: AppClient, key: str, subject: str, ref: Path) -> tupl
     return r.status_code, r.json()
 
 
-async def test_granted_principal_gets_a_watermarked_signed_image(client, world, faces_dir) -> None:  # type: ignore[no-untyped-def]
+async def test_granted_principal_gets_a_watermarked_signed_image(client, world, faces_dir) -> None:
     status, body = await generate(client, world["P"], world[A], photo(faces_dir, A, 5))
     assert status == 201, body
     assert body["untrained"] is True
@@ -88,24 +88,24 @@ async def test_granted_principal_gets_a_watermarked_signed_image(client, world, 
     assert report["record"]["id"] == body["record_id"]
 
 
-async def test_other_principal_is_refused_consent_missing(client, world, faces_dir) -> None:  # type: ignore[no-untyped-def]
+async def test_other_principal_is_refused_consent_missing(client, world, faces_dir) -> None:
     status, body = await generate(client, world["Q"], world[A], photo(faces_dir, A, 5))
     assert (status, body["code"]) == (403, "consent.missing")
     assert isinstance(body["audit_seq"], int)
 
 
-async def test_reference_of_protected_person_is_refused(client, world, faces_dir) -> None:  # type: ignore[no-untyped-def]
+async def test_reference_of_protected_person_is_refused(client, world, faces_dir) -> None:
     status, body = await generate(client, world["P"], world[A], photo(faces_dir, B, 5))
     assert (status, body["code"]) == (403, "face.protected_identity")
 
 
-async def test_group_photo_reference_is_refused(client, world, faces_dir) -> None:  # type: ignore[no-untyped-def]
+async def test_group_photo_reference_is_refused(client, world, faces_dir) -> None:
     status, body = await generate(client, world["P"], world[A], faces_dir / "groups" / "011_3.jpg")
     assert status == 403
     assert body["code"] in {"face.unknown", "face.protected_identity"}
 
 
-async def test_audit_chain_verifies_and_counts_every_decision(client, world) -> None:  # type: ignore[no-untyped-def]
+async def test_audit_chain_verifies_and_counts_every_decision(client, world) -> None:
     r = await client.get("/v1/audit/verify", headers={"X-API-Key": world["aud"]})
     assert r.status_code == 200
     report = r.json()

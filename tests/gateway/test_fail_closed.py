@@ -48,14 +48,14 @@ class HangingGenerator:
 class RaisingAnalyzer:
     """A face analyzer whose detector breaks (e.g. a CUDA fault) on every call."""
 
-    def __init__(self, real) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, real) -> None:
         self.embedder = real.embedder  # so enrollment-free index lookups still know the embedder
 
-    def analyze(self, images):  # type: ignore[no-untyped-def]
+    def analyze(self, images):
         raise RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED")
 
 
-async def _world(client, faces_dir: Path, gate, purpose: str = "avatar") -> tuple[str, dict]:  # type: ignore[no-untyped-def]
+async def _world(client, faces_dir: Path, gate, purpose: str = "avatar") -> tuple[str, dict]:
     """A requester key and a generate body for an enrolled, granted subject."""
     admin = (await gate.principals.create("admin", "admin")).secret
     h = {"X-API-Key": admin}
@@ -75,7 +75,7 @@ async def _world(client, faces_dir: Path, gate, purpose: str = "avatar") -> tupl
     return p["api_key"], {"subject_id": ident["id"], "purpose": purpose, "prompt": "an avatar"}
 
 
-async def _assert_refused_and_audited(client, gate, key: str, body: dict, code: str, stage: str, out: Path):  # type: ignore[no-untyped-def]
+async def _assert_refused_and_audited(client, gate, key: str, body: dict, code: str, stage: str, out: Path):
     r = await client.post("/v1/generate", json=body, headers={"X-API-Key": key})
     assert r.status_code == 503, r.text
     problem = r.json()
@@ -89,13 +89,13 @@ async def _assert_refused_and_audited(client, gate, key: str, body: dict, code: 
 
 async def test_detector_that_raises_refuses_after_generation(
     tmp_path: Path, tiny_model: Path, dev_keys: Path, faces_dir: Path, shared_models
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     analyzer, generator = shared_models
     settings = Settings(data_dir=tmp_path, model_dir=tiny_model, keys_dir=dev_keys, device="cpu")
     broken = RaisingAnalyzer(analyzer)
 
-    def app_with(face_analyzer):  # type: ignore[no-untyped-def]
-        async def factory(s: Settings):  # type: ignore[no-untyped-def]
+    def app_with(face_analyzer):
+        async def factory(s: Settings):
             return await open_gate(s, analyzer=face_analyzer, generator=generator)
 
         return create_app(ConsentryConfig(settings=settings, gate_factory=factory))
@@ -114,13 +114,13 @@ async def test_detector_that_raises_refuses_after_generation(
 
 async def test_missing_signing_key_refuses_and_nothing_unsigned_leaves(
     tmp_path: Path, tiny_model: Path, faces_dir: Path, shared_models
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     analyzer, generator = shared_models
     settings = Settings(
         data_dir=tmp_path, model_dir=tiny_model, keys_dir=tmp_path / "empty-keys", device="cpu"
     )
 
-    async def factory(s: Settings):  # type: ignore[no-untyped-def]
+    async def factory(s: Settings):
         return await open_gate(s, analyzer=analyzer, generator=generator)
 
     app = create_app(ConsentryConfig(settings=settings, gate_factory=factory))
@@ -140,13 +140,13 @@ async def test_missing_signing_key_refuses_and_nothing_unsigned_leaves(
 )
 async def test_faulty_generator_is_refused_and_audited(
     tmp_path: Path, tiny_model: Path, dev_keys: Path, faces_dir: Path, generator, code: str, status: int
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     settings = Settings(
         data_dir=tmp_path, model_dir=tiny_model, keys_dir=dev_keys, device="cpu", stage_timeout_s=1.0
     )
     fake = generator()
 
-    async def factory(s: Settings):  # type: ignore[no-untyped-def]
+    async def factory(s: Settings):
         return await open_gate(s, generator=fake)
 
     app = create_app(ConsentryConfig(settings=settings, gate_factory=factory))

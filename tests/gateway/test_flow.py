@@ -10,10 +10,11 @@ import dataclasses
 import hashlib
 import io
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -71,8 +72,11 @@ class World:
         return [(e.kind, e.body.get("decision", "")) async for e in self.gate.audit.events()]
 
 
+Build = Callable[..., Awaitable[World]]
+
+
 @pytest.fixture
-async def build(database_url: str, tmp_path: Path, dev_keys: Path) -> AsyncIterator[Callable[..., object]]:
+async def build(database_url: str, tmp_path: Path, dev_keys: Path) -> AsyncIterator[Build]:
     """Opens a gate on fakes; ``output`` names whose photo ``generator`` is given to draw."""
     gates: list[Gate] = []
 
@@ -82,7 +86,7 @@ async def build(database_url: str, tmp_path: Path, dev_keys: Path) -> AsyncItera
         generator: Callable[[Image.Image], Generator] = PhotoGenerator,
         adjust: Callable[[Stages], Stages] | None = None,
         max_uses: int | None = None,
-        **overrides: object,
+        **overrides: Any,  # Settings fields
     ) -> World:
         analyzer = FingerprintAnalyzer()
         photos: dict[str, Image.Image] = {}
@@ -132,7 +136,7 @@ async def refused(world: World, req: GenerationRequest, who: PrincipalView | Non
     return info.value
 
 
-async def test_release_runs_every_stage_in_order(build) -> None:  # type: ignore[no-untyped-def]
+async def test_release_runs_every_stage_in_order(build: Build) -> None:
     world = await build()
     release: Release = await world.gate.generate(world.p, world.ask(refs=("alice3",)))
     assert list(release.decision.verdicts) == list(STAGES)
@@ -157,7 +161,7 @@ async def test_release_runs_every_stage_in_order(build) -> None:  # type: ignore
         ("group reference", codes.FACE_PROTECTED),
     ],
 )
-async def test_request_refusals(build, case: str, code: str) -> None:  # type: ignore[no-untyped-def]
+async def test_request_refusals(build: Build, case: str, code: str) -> None:
     world = await build()
     req, who = world.ask(), world.p
     if case == "no grant":
@@ -180,19 +184,19 @@ async def test_request_refusals(build, case: str, code: str) -> None:  # type: i
 @pytest.mark.parametrize(
     ("drawn", "code"), [(BOB, codes.OUTPUT_PROTECTED), (STRANGER, codes.OUTPUT_MISMATCH)]
 )
-async def test_output_refusals(build, drawn: str, code: str) -> None:  # type: ignore[no-untyped-def]
+async def test_output_refusals(build: Build, drawn: str, code: str) -> None:
     world = await build(output=drawn)
     error = await refused(world, world.ask())
     assert error.code == code
     assert list(error.extra["stages"])[-1] == "verify_output"
 
 
-async def test_output_without_face_is_refused_when_a_face_is_required(build) -> None:  # type: ignore[no-untyped-def]
+async def test_output_without_face_is_refused_when_a_face_is_required(build: Build) -> None:
     world = await build(output=None, require_output_face=True)
     assert (await refused(world, world.ask())).code == codes.OUTPUT_MISMATCH
 
 
-async def test_grant_lifecycle_refusals(build) -> None:  # type: ignore[no-untyped-def]
+async def test_grant_lifecycle_refusals(build: Build) -> None:
     world = await build(max_uses=1)
     await world.gate.generate(world.p, world.ask())
     assert (await refused(world, world.ask())).code == codes.CONSENT_EXHAUSTED
@@ -202,7 +206,7 @@ async def test_grant_lifecycle_refusals(build) -> None:  # type: ignore[no-untyp
     assert (await refused(world, world.ask())).code == codes.CONSENT_SUBJECT_INACTIVE
 
 
-async def test_expired_grant(build) -> None:  # type: ignore[no-untyped-def]
+async def test_expired_grant(build: Build) -> None:
     world = await build()
     soon = datetime.now(UTC) + timedelta(milliseconds=300)
     await world.gate.grant(
@@ -233,7 +237,7 @@ class BarrierGenerator(PhotoGenerator):
         return super().generate(job)
 
 
-async def test_concurrent_exhaustion_is_refused_as_exhausted(build) -> None:  # type: ignore[no-untyped-def]
+async def test_concurrent_exhaustion_is_refused_as_exhausted(build: Build) -> None:
     world = await build(max_uses=1, generator=lambda photo: BarrierGenerator(photo, 2))
     results = await asyncio.gather(
         world.gate.generate(world.p, world.ask()),
@@ -251,14 +255,14 @@ async def test_concurrent_exhaustion_is_refused_as_exhausted(build) -> None:  # 
     assert (await world.gate.audit.verify()).ok
 
 
-async def test_generator_crash_is_a_fault(build) -> None:  # type: ignore[no-untyped-def]
+async def test_generator_crash_is_a_fault(build: Build) -> None:
     world = await build(generator=lambda _: FailingGenerator(RuntimeError("CUDA error: device-side assert")))
     error = await refused(world, world.ask())
     assert (error.code, error.status) == (codes.STAGE_ERROR, 503)
     assert error.extra["stages"]["generate"]["fault"] is True
 
 
-async def test_hanging_check_times_out(build) -> None:  # type: ignore[no-untyped-def]
+async def test_hanging_check_times_out(build: Build) -> None:
     world = await build(
         adjust=lambda s: dataclasses.replace(s, outputs=FailingCheck(hang_s=5.0)), stage_timeout_s=0.2
     )
@@ -267,22 +271,68 @@ async def test_hanging_check_times_out(build) -> None:  # type: ignore[no-untype
     assert error.extra["stages"]["verify_output"]["elapsed_ms"] < 1000
 
 
-async def test_failing_check_is_a_fault(build) -> None:  # type: ignore[no-untyped-def]
+async def test_failing_check_is_a_fault(build: Build) -> None:
     world = await build(adjust=lambda s: dataclasses.replace(s, references=FailingCheck(ValueError("boom"))))
     assert (await refused(world, world.ask())).code == codes.STAGE_ERROR
 
 
-async def test_undecodable_watermark_is_a_fault(build, dev_keys: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_undecodable_watermark_is_a_fault(build: Build, dev_keys: Path) -> None:
     faint = Watermarker(WatermarkKeyring.load(dev_keys), strengths=(0.01,))
     world = await build(adjust=lambda s: dataclasses.replace(s, watermark=WatermarkStage(faint, attempts=1)))
     error = await refused(world, world.ask())
     assert (error.code, error.status) == (codes.WATERMARK_FAILED, 503)
 
 
-async def test_bad_parameters_are_answered_before_anything_is_audited(build) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_parameters_are_answered_before_anything_is_audited(build: Build) -> None:
     world = await build()
     before = await world.events()
     with pytest.raises(BadInputError) as info:
         await world.gate.generate(world.p, dataclasses.replace(world.ask(), prompt="x" * 5000))
     assert info.value.code == "generation.invalid_params"
     assert await world.events() == before
+
+
+# -- traffic that names no subject ----------------------------------------------------------------
+
+
+def unnamed(prompt: str = "a landscape", refs: tuple[bytes, ...] = ()) -> GenerationRequest:
+    return GenerationRequest(prompt=prompt, references=refs)
+
+
+async def test_unnamed_request_is_released_without_a_grant(build: Build) -> None:
+    world = await build(output=STRANGER)  # a face of nobody enrolled: allowed by default
+    release = await world.gate.generate(world.q, unnamed(refs=(png(world.photos["stranger1"]),)))
+    assert release.decision.verdicts["consent"].reason.startswith("no subject named")
+    record = await world.gate.records.by_watermark(release.watermark)
+    assert record is not None and record.identity_id is None and record.grant_id is None
+    last = [e async for e in world.gate.audit.events()][-1]
+    assert last.kind == "generation.released" and last.body["identity_id"] is None
+
+
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [
+        ("deployment deny term", codes.CONSENT_PROMPT_DENIED),
+        ("reference of an enrolled person", codes.FACE_PROTECTED),
+        ("output of an enrolled person", codes.OUTPUT_PROTECTED),
+        ("unknown output face, deployment refuses them", codes.OUTPUT_UNKNOWN_FACE),
+    ],
+)
+async def test_unnamed_request_refusals(build: Build, case: str, code: str) -> None:
+    output = {"output of an enrolled person": BOB, "unknown output face, deployment refuses them": STRANGER}
+    settings = {"unknown_output_faces": "refuse"} if "refuses" in case else {}
+    world = await build(output=output.get(case), **settings)
+    req = unnamed()
+    if case == "deployment deny term":
+        req = unnamed("a nude figure")
+    elif case == "reference of an enrolled person":
+        req = unnamed(refs=(png(world.photos["alice3"]),))
+    error = await refused(world, req, world.q)
+    assert error.code == code and error.status == 403
+
+
+async def test_subject_without_purpose_is_bad_input(build: Build) -> None:
+    world = await build()
+    with pytest.raises(BadInputError) as info:
+        await world.gate.generate(world.p, dataclasses.replace(world.ask(), purpose=None))
+    assert info.value.code == "input.purpose_required"

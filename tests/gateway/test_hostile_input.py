@@ -42,7 +42,7 @@ def generate_body(**overrides: object) -> dict:
     return {"subject_id": "idn_x", "purpose": "portrait", "prompt": "a portrait", **overrides}
 
 
-async def test_decompression_bomb_is_refused_fast_with_bounded_memory(client, role_keys) -> None:  # type: ignore[no-untyped-def]
+async def test_decompression_bomb_is_refused_fast_with_bounded_memory(client, role_keys) -> None:
     bomb = png_bomb()
     assert len(bomb) < 20_000
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -74,7 +74,7 @@ async def test_decompression_bomb_is_refused_fast_with_bounded_memory(client, ro
         (generate_body(references=[base64.b64encode(animated_gif()).decode()]), "identity.not_found"),
     ],
 )
-async def test_bad_generation_requests(client, role_keys, body: dict, code: str) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_generation_requests(client, role_keys, body: dict, code: str) -> None:
     before = await audit_event_count(client, role_keys)
     r = await client.post("/v1/generate", json=body, headers={"X-API-Key": role_keys["P"]})
     assert 400 <= r.status_code < 500 and r.json()["code"] == code, r.text[:300]
@@ -82,7 +82,7 @@ async def test_bad_generation_requests(client, role_keys, body: dict, code: str)
     assert await audit_event_count(client, role_keys) == before
 
 
-async def test_animated_gif_and_multipage_tiff_are_refused(client, role_keys, faces_dir: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_animated_gif_and_multipage_tiff_are_refused(client, role_keys, faces_dir: Path) -> None:
     frames = [Image.new("RGB", (64, 64), c) for c in ("red", "blue")]
     buf = io.BytesIO()
     frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])
@@ -93,7 +93,7 @@ async def test_animated_gif_and_multipage_tiff_are_refused(client, role_keys, fa
         assert (r.status_code, r.json()["code"]) == (400, "image.multi_frame")
 
 
-async def test_lying_content_types(client, role_keys, faces_dir: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_lying_content_types(client, role_keys, faces_dir: Path) -> None:
     h = {"X-API-Key": role_keys["aud"]}
     # A JPEG body sent as if it were JSON, and JSON sent as an image.
     jpeg = (faces_dir / "lfw" / "Hugo_Chavez" / "Hugo_Chavez_0001.jpg").read_bytes()
@@ -112,7 +112,7 @@ async def test_lying_content_types(client, role_keys, faces_dir: Path) -> None: 
     assert r.status_code == 201 and r.json()["provenance_found"] is False
 
 
-async def test_path_like_ids_in_urls(client, role_keys) -> None:  # type: ignore[no-untyped-def]
+async def test_path_like_ids_in_urls(client, role_keys) -> None:
     op = {"X-API-Key": role_keys["op"]}
     for path in (
         "/v1/grants/..%2F..%2Fetc/revoke",
@@ -123,6 +123,6 @@ async def test_path_like_ids_in_urls(client, role_keys) -> None:  # type: ignore
         assert 400 <= r.status_code < 500 and "code" in r.json(), (path, r.text)
 
 
-async def test_process_is_still_up(client, role_keys) -> None:  # type: ignore[no-untyped-def]
+async def test_process_is_still_up(client, role_keys) -> None:
     r = await client.get("/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"

@@ -88,7 +88,7 @@ async def world(client: AppClient, admin_key: str, faces_dir: Path) -> dict[str,
 
 async def test_altered_photos_of_protected_people_are_refused(
     client: AppClient, world, faces_dir: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     outcomes: Counter[str] = Counter()
     released = []
     for person in PROTECTED:

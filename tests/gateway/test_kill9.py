@@ -73,10 +73,11 @@ def serve(env: dict[str, str], cwd: Path) -> Iterator[tuple[subprocess.Popen[byt
         start_new_session=True,
     )
     url = f"http://{HOST}:{port}"
+    assert proc.stderr is not None  # stderr=PIPE
     try:
         end = time.monotonic() + DEADLINE_S
         while True:
-            assert proc.poll() is None, f"server exited: {proc.stderr.read().decode()[-2000:]}"  # type: ignore[union-attr]
+            assert proc.poll() is None, f"server exited: {proc.stderr.read().decode()[-2000:]}"
             assert time.monotonic() < end, "server did not answer /health in time"
             try:
                 if httpx.get(f"{url}/health", timeout=5).status_code == 200:
@@ -89,7 +90,7 @@ def serve(env: dict[str, str], cwd: Path) -> Iterator[tuple[subprocess.Popen[byt
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-        proc.stderr.close()  # type: ignore[union-attr]
+        proc.stderr.close()
 
 
 def released_files_are_audited(db_path: Path, outputs: Path) -> int:

@@ -56,7 +56,7 @@ def scan(gate: Gate, library: tuple[Path, dict[str, str]]) -> LibraryScan:
 
 
 @in_module_loop
-async def test_enroll_the_group_of_one_person(scan: LibraryScan, gate: Gate, library) -> None:  # type: ignore[no-untyped-def]
+async def test_enroll_the_group_of_one_person(scan: LibraryScan, gate: Gate, library) -> None:
     _, truth = library
     groups = group_faces(scan, gate.settings.match_threshold)
     powell = next(g for g in groups if majority(g, truth) == "Colin_Powell")
@@ -125,7 +125,7 @@ def args(root: Path, **kw: object) -> argparse.Namespace:
     return argparse.Namespace(**{"library": str(root), "pick": None, "label": None, "sheets": None, **kw})
 
 
-def test_cli_pick(small_library: Path, tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_cli_pick(small_library: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     sheets = tmp_path / "sheets"
     assert cmd_enroll_library(args(small_library, pick=1, label="Tony", sheets=str(sheets))) == 0
@@ -137,7 +137,7 @@ def test_cli_pick(small_library: Path, tmp_path: Path, monkeypatch, capsys) -> N
     assert identity_label(result["id"]) == "Tony"
 
 
-def test_cli_interactive_pick(small_library: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_cli_interactive_pick(small_library: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr("sys.stdin", Terminal("seven\n2\n"))
     assert cmd_enroll_library(args(small_library)) == 0
     captured = capsys.readouterr()
@@ -148,14 +148,14 @@ def test_cli_interactive_pick(small_library: Path, monkeypatch, capsys) -> None:
     assert "group_001.png" in captured.err and "group_002.png" in captured.err
 
 
-def test_cli_without_pick_and_without_a_terminal_exits_2(small_library: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_cli_without_pick_and_without_a_terminal_exits_2(small_library: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("1\n"))
     assert cmd_enroll_library(args(small_library)) == 2
     assert "--pick" in capsys.readouterr().err
     assert not (small_library.parent / "data").exists()  # nothing opened, nothing written
 
 
-def test_cli_pick_out_of_range(small_library: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_cli_pick_out_of_range(small_library: Path, monkeypatch) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     with pytest.raises(BadInputError) as err:
         cmd_enroll_library(args(small_library, pick=3))

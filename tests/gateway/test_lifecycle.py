@@ -33,13 +33,13 @@ async def setup(client: AppClient) -> dict[str, str]:
     return keys
 
 
-async def enroll(client: AppClient, keys: dict[str, str], photos: list[str]):  # type: ignore[no-untyped-def]
+async def enroll(client: AppClient, keys: dict[str, str], photos: list[str]):
     return await client.post(
         "/v1/identities", json={"label": "x", "photos": photos}, headers={"X-API-Key": keys["op"]}
     )
 
 
-async def grant(client: AppClient, keys: dict[str, str], identity: str, **extra) -> str:  # type: ignore[no-untyped-def]
+async def grant(client: AppClient, keys: dict[str, str], identity: str, **extra) -> str:
     body = {
         "identity_id": identity,
         "principal": "P",
@@ -53,7 +53,7 @@ async def grant(client: AppClient, keys: dict[str, str], identity: str, **extra)
     return r.json()["id"]
 
 
-async def generate(client: AppClient, keys: dict[str, str], identity: str, purpose: str = "portrait"):  # type: ignore[no-untyped-def]
+async def generate(client: AppClient, keys: dict[str, str], identity: str, purpose: str = "portrait"):
     body = {"subject_id": identity, "purpose": purpose, "prompt": "a portrait"}
     return await client.post("/v1/generate", json=body, headers={"X-API-Key": keys["P"]})
 

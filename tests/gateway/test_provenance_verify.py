@@ -83,7 +83,7 @@ async def verify(client: AppClient, key: str, data: bytes) -> dict:
     return r.json()
 
 
-async def test_released_file_verifies_fully(client: AppClient, released) -> None:  # type: ignore[no-untyped-def]
+async def test_released_file_verifies_fully(client: AppClient, released) -> None:
     body, key = released
     report = await verify(client, key, base64.b64decode(body["images"][0]))
     assert report["c2pa"]["state"] == "Trusted"
@@ -99,7 +99,7 @@ async def test_released_file_verifies_fully(client: AppClient, released) -> None
     [jpeg75_stripped, resized(0.5), resized_and_back, cropped],
     ids=["jpeg75-stripped", "resized-0.5", "resized-0.5-and-back", "cropped-10pct"],
 )
-async def test_stripped_copies_resolve_through_the_watermark(client: AppClient, released, attack) -> None:  # type: ignore[no-untyped-def]
+async def test_stripped_copies_resolve_through_the_watermark(client: AppClient, released, attack) -> None:
     body, key = released
     image = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
     report = await verify(client, key, attack(image))
@@ -108,7 +108,7 @@ async def test_stripped_copies_resolve_through_the_watermark(client: AppClient, 
     assert report["record"]["id"] == body["record_id"]
 
 
-async def test_never_released_image_finds_nothing(client: AppClient, released, faces_dir: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_never_released_image_finds_nothing(client: AppClient, released, faces_dir: Path) -> None:
     _, key = released
     for path in sorted((faces_dir / "lfw" / "Gerhard_Schroeder").glob("*.jpg"))[:3]:
         photo = Image.open(path).convert("RGB").resize((512, 512))

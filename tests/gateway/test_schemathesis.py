@@ -41,7 +41,7 @@ async def make_keys(settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, dev_keys: Path):  # type: ignore[no-untyped-def]
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, dev_keys: Path):
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("st"), model_dir=tiny_model, keys_dir=dev_keys, device="cpu"
     )
@@ -63,7 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, dev_keys:
 
 
 @pytest.mark.parametrize("role", ["admin", "requester"])
-def test_no_server_errors(server, role: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_no_server_errors(server, role: str, tmp_path: Path) -> None:
     base, keys = server
     cmd = [
         str(Path(sys.executable).with_name("schemathesis")),

@@ -23,7 +23,7 @@ from consentry.provenance.audit_signing import AuditSigner
 
 
 @pytest.fixture
-async def stores(database_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+async def stores(database_url: str, tmp_path: Path):
     db = Database(database_url)
     await db.migrate()
     audit = AuditLog(db, AuditSigner(Ed25519PrivateKey.generate()), checkpoint_every=10)
@@ -44,7 +44,7 @@ async def test_migrate_twice_is_idempotent(database_url: str) -> None:
     assert version == ScriptDirectory.from_config(config).get_current_head()
 
 
-async def test_keys_hashed_and_revocable(stores) -> None:  # type: ignore[no-untyped-def]
+async def test_keys_hashed_and_revocable(stores) -> None:
     db, principals, _, _ = stores
     issued = await principals.create("studio", "requester")
     assert (await principals.authenticate(issued.secret)).id == issued.principal.id
@@ -58,7 +58,7 @@ async def test_keys_hashed_and_revocable(stores) -> None:  # type: ignore[no-unt
         await principals.create("studio", "requester")
 
 
-async def test_templates_encrypted_and_grants_evaluated(stores) -> None:  # type: ignore[no-untyped-def]
+async def test_templates_encrypted_and_grants_evaluated(stores) -> None:
     db, principals, subjects, audit = stores
     p = (await principals.create("p", "requester")).principal
     rng = np.random.default_rng(0)
@@ -95,7 +95,7 @@ async def test_templates_encrypted_and_grants_evaluated(stores) -> None:  # type
     assert report.ok and report.events == 4
 
 
-async def test_concurrent_appends_are_gap_free(stores) -> None:  # type: ignore[no-untyped-def]
+async def test_concurrent_appends_are_gap_free(stores) -> None:
     db, _, _, audit = stores
     await asyncio.gather(*(audit.append("test", {"i": i}) for i in range(25)))
     report = await audit.verify()

@@ -277,4 +277,4 @@ def test_good_job_keeps_its_values_and_freezes_references() -> None:
     assert job.references == (reference,)
     assert (job.width, job.height, job.steps, job.num_images) == (MAX_SIDE, 8, MAX_STEPS, MAX_IMAGES)
     with pytest.raises(AttributeError):
-        job.steps = 5  # type: ignore[misc]
+        job.steps = 5  # type: ignore[misc]  # assigning to a frozen field is the test

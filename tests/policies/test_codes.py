@@ -65,8 +65,10 @@ def code_literals(tree: ast.AST) -> list[tuple[int, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and node.value in dotted and id(node) not in exempt:
             hits.append(node)
-    found = {id(n): n for n in hits if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-    return sorted((n.lineno, n.value) for n in found.values())
+    found = {
+        id(n): (n.lineno, n.value) for n in hits if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
+    return sorted(found.values())
 
 
 def test_the_source_spells_no_code_outside_the_registry() -> None:

@@ -6,6 +6,7 @@ import hashlib
 import io
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -58,8 +59,8 @@ def photo(faces_dir: Path) -> Image.Image:
     return Image.open(faces_dir / "groups" / "000_5.jpg").convert("RGB")
 
 
-def _info(**overrides: object) -> ManifestInfo:
-    fields: dict[str, object] = {
+def _info(**overrides: Any) -> ManifestInfo:
+    fields: dict[str, Any] = {
         "title": "consentry-req-1.jpg",
         "claim_generator": "consentry/0.1.0",
         "record_id": "req-1",
@@ -73,7 +74,7 @@ def _info(**overrides: object) -> ManifestInfo:
         "policy_version": "2026-11.1",
     }
     fields.update(overrides)
-    return ManifestInfo(**fields)  # type: ignore[arg-type]
+    return ManifestInfo(**fields)
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -145,7 +146,9 @@ def test_signatures_are_raw_es256(material: SigningMaterial) -> None:
     assert len(sig) == 64
     leaf = x509.load_pem_x509_certificates(material.cert_chain_pem.encode())[0]
     der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
-    leaf.public_key().verify(der, b"claim bytes", ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg]
+    public_key = leaf.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    public_key.verify(der, b"claim bytes", ec.ECDSA(hashes.SHA256()))
     assert "PRIVATE" not in repr(material) and "key=" not in repr(material)
 
 
@@ -185,6 +188,7 @@ def test_signed_photo_is_valid_then_trusted_with_the_dev_anchor(
     assert trusted.soft_binding["alg"] == "org.consentry.watermark.dwtdctsvd.v1"
     assert trusted.soft_binding["blocks"][0]["value"] == "0011223344556677"
     assert trusted.consent == {
+        "subject_named": True,
         "consent_record_hash": GRANT_HASH,
         "hash_alg": "sha256",
         "purpose": "portrait",
@@ -236,10 +240,11 @@ def test_not_an_image_is_bad_input(faces_dir: Path) -> None:
         with pytest.raises(InvalidImageError) as info:
             read_manifest(data, mime, None)
         assert info.value.code == "image.invalid"
-    with pytest.raises(BadInputError) as info:
+    with pytest.raises(BadInputError) as unsupported:
         read_manifest(b"%PDF-1.7", "application/pdf", None)
-    assert info.value.code == "c2pa.unsupported_format"
+    assert unsupported.value.code == "c2pa.unsupported_format"
     with pytest.raises(BadInputError):
+        # No signer on purpose: the MIME check refuses before one is needed.
         sign_image(b"GIF89a", "text/plain", _info(), None)  # type: ignore[arg-type]
 
 
@@ -271,3 +276,14 @@ def test_manifest_info_refuses_names_and_embeddings(overrides: dict[str, object]
     with pytest.raises(BadInputError) as info:
         _info(**overrides)
     assert info.value.code == "manifest.info_invalid"
+
+
+def test_a_generation_without_subject_names_no_consent_record(
+    material: SigningMaterial, photo: Image.Image
+) -> None:
+    signed = sign_image(
+        _encode(photo, "PNG"), "image/png", _info(consent_record_hash=None, purpose=None), material
+    )
+    consent = read_manifest(signed, "image/png", material.trust_anchor_pem).consent
+    assert consent is not None and consent["subject_named"] is False
+    assert "consent_record_hash" not in consent and consent["purpose"] is None

@@ -165,7 +165,7 @@ def test_another_key_does_not_read_our_mark(wm: Watermarker, marked: list) -> No
 def test_payload_must_be_eight_bytes(wm: Watermarker, payload: object) -> None:
     image = Image.new("RGB", (256, 256), (90, 120, 150))
     with pytest.raises(BadInputError) as info:
-        wm.embed(image, payload)  # type: ignore[arg-type]
+        wm.embed(image, payload)  # type: ignore[arg-type]  # a wrong payload is the test
     assert info.value.code == "watermark.payload_invalid"
 
 

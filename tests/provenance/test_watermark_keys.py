@@ -100,7 +100,7 @@ def test_a_rotation_that_died_before_listing_its_key_is_ignored(tmp_path: Path) 
     assert WatermarkKeyring.load(tmp_path).keys == ring.keys
 
 
-Corruption = Callable[[Path, str], None]
+Corruption = Callable[[Path, str], object]  # what it returns is not used
 
 
 def _write(name: str, text: str | bytes) -> Corruption:
