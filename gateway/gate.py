@@ -22,11 +22,12 @@ from PIL import Image
 from consentry.detectors.analyzer import Analyzer
 from consentry.detectors.enrollment import enrollment_templates
 from consentry.detectors.images import decode_image, sniff_mime
+from consentry.gateway.admission import Admission
 from consentry.gateway.flow import GateJob, GenerateFlow
 from consentry.gateway.health import Readiness, check_readiness
 from consentry.gateway.index_cache import IndexCache
 from consentry.gateway.models import Loadable
-from consentry.gateway.ratelimit import TokenBuckets
+from consentry.gateway.ratelimit import RateLimiter
 from consentry.gateway.release import REFUSED, audit_body
 from consentry.gateway.requests import EnrollmentRequest, GenerationRequest, GrantRequest
 from consentry.gateway.storage.audit_log import AuditLog
@@ -39,7 +40,7 @@ from consentry.policies import codes
 from consentry.policies.config import Settings
 from consentry.policies.consent import GrantTerms
 from consentry.policies.decision import Decision
-from consentry.policies.errors import BadInputError, NotFoundError, RefusedError, StageError
+from consentry.policies.errors import BadInputError, GateBusyError, NotFoundError, RefusedError, StageError
 from consentry.policies.roles import Action, require
 from consentry.provenance.audit import ChainedEvent, ChainReport
 from consentry.provenance.verification import ProvenanceReport, ProvenanceVerifier
@@ -60,7 +61,8 @@ class GateParts:
     index: IndexCache
     flow: GenerateFlow
     provenance: ProvenanceVerifier
-    rate_limits: TokenBuckets
+    rate_limits: RateLimiter
+    admission: Admission
     models: Sequence[Loadable] = ()
     """Models to load at warm-up and release at close (lazy holders of analyzer and generator)."""
 
@@ -95,6 +97,7 @@ class Gate:
     async def close(self) -> None:
         for model in self.parts.models:
             model.close()
+        await self.parts.rate_limits.close()
         await self.parts.db.dispose()
 
     async def _decode(self, files: Sequence[bytes]) -> list[Image.Image]:
@@ -188,7 +191,7 @@ class Gate:
 
     async def generate(self, actor: PrincipalView, req: GenerationRequest) -> Release:
         require(actor.role, Action.generate)
-        self.parts.rate_limits.take(actor.id)
+        await self.parts.rate_limits.take(actor.id)
         s = self.settings
         # Input problems are answered before anything is stored or audited.
         subject = await self.subjects.get(req.subject_id) if req.subject_id is not None else None
@@ -220,7 +223,15 @@ class Gate:
             ),
             payload=secrets.token_bytes(8),
         )
-        result = await self.parts.flow.run(job)
+        try:
+            async with self.parts.admission.slot():
+                result = await self.parts.flow.run(job)
+        except GateBusyError as busy:
+            # Refused at once, before any stage ran; audited like every other decision.
+            body = audit_body(job, Decision({}), keep_prompt=s.audit_prompts)
+            event = await self.audit.append(REFUSED, body | {"decision": busy.code, "reason": busy.detail})
+            busy.extra["audit_seq"] = event.seq
+            raise
         released, generated = result.released, result.generated
         if released is None or generated is None:
             await self._refuse(job, result.decision)

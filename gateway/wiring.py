@@ -16,11 +16,12 @@ from consentry.detectors.detection import FaceDetector
 from consentry.detectors.embedders import DlibResNetEmbedder, Embedder
 from consentry.detectors.facenet_embedder import FacenetEmbedder
 from consentry.gateway import __version__
+from consentry.gateway.admission import Admission
 from consentry.gateway.flow import GenerateFlow, Stages
 from consentry.gateway.gate import Gate, GateParts
 from consentry.gateway.index_cache import IndexCache
 from consentry.gateway.models import LazyAnalyzer, LazyGenerator
-from consentry.gateway.ratelimit import TokenBuckets
+from consentry.gateway.ratelimit import RateLimiter, RedisTokenBuckets, TokenBuckets
 from consentry.gateway.release import ReleaseStage
 from consentry.gateway.stages import (
     ConsentStage,
@@ -97,6 +98,14 @@ def build_stages(
     )
 
 
+def build_rate_limiter(settings: Settings) -> RateLimiter:
+    """Shared buckets in Redis when configured (all workers and replicas), else per process."""
+    per_minute, burst = settings.rate_limit_per_minute, settings.rate_limit_burst
+    if settings.redis_url:
+        return RedisTokenBuckets(settings.redis_url, per_minute, burst)
+    return TokenBuckets(per_minute, burst)
+
+
 def quiet_libraries() -> None:
     """diffusers and transformers draw progress bars on every load; a server log wants none."""
     diffusers_logging.disable_progress_bar()
@@ -158,7 +167,8 @@ async def open_gate(
             index=index,
             flow=GenerateFlow(stages, settings.stage_timeout_s),
             provenance=ProvenanceVerifier(watermarker, records, anchors),
-            rate_limits=TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst),
+            rate_limits=build_rate_limiter(settings),
+            admission=Admission(settings.generation_concurrency, settings.queue_depth, settings.queue_wait_s),
             models=(lazy_analyzer, lazy_generator),
         )
     )

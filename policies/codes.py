@@ -38,6 +38,9 @@ NOT_FOUND = "not_found"
 CONFLICT = "conflict"
 REFUSED = "refused"
 RATE_LIMITED = "rate.limited"
+RATE_UNAVAILABLE = "rate.unavailable"
+GATE_BUSY = "gate.busy"
+CONFIG_REDIS_URL = "config.redis_url"
 
 # -- http: Litestar's own errors (routing, methods, anything unmapped) --------------------------
 HTTP_ERROR = "http.error"
@@ -116,6 +119,7 @@ CONFIG_DEVICE = "config.device"
 CONFIG_DATABASE_URL = "config.database_url"
 CONFIG_TRUST_ANCHORS = "config.trust_anchors"
 CONFIG_WRITE_FAILED = "config.write_failed"
+CONFIG_UPSTREAM_URL = "config.upstream_url"
 
 # -- model: generator and detector weights -------------------------------------------------------
 MODEL_MISSING = "model.missing"
@@ -130,6 +134,12 @@ GENERATION_INVALID_PARAMS = "generation.invalid_params"
 GENERATION_CLOSED = "generation.closed"
 GENERATION_FAILED = "generation.failed"
 GENERATION_SAFETY_FILTERED = "generation.safety_filtered"
+
+# -- upstream: the HTTP image service the gate forwards approved jobs to (faults, 503) ----------
+UPSTREAM_UNAVAILABLE = "upstream.unavailable"
+UPSTREAM_TIMEOUT = "upstream.timeout"
+UPSTREAM_ERROR = "upstream.error"
+UPSTREAM_BAD_RESPONSE = "upstream.bad_response"
 
 # -- watermark: embedding a mark -----------------------------------------------------------------
 WATERMARK_PAYLOAD_INVALID = "watermark.payload_invalid"

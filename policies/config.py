@@ -41,6 +41,12 @@ class EmbedderKind(StrEnum):
     facenet = "facenet"
 
 
+class GeneratorKind(StrEnum):
+    local = "local"
+    openai = "openai"
+    a1111 = "a1111"
+
+
 class Settings(BaseSettings):
     """Deployment configuration. Field docs are the operator's reference."""
 
@@ -99,13 +105,43 @@ class Settings(BaseSettings):
     require_output_face: bool = False
     """Refuse outputs that show no face at all (off: a faceless image carries no likeness)."""
     rate_limit_per_minute: float = Field(default=60.0, gt=0)
-    """Generation requests each principal may make per minute (per gateway process)."""
+    """Generation requests each principal may make per minute (per process, or shared by every
+    process when ``redis_url`` is set)."""
     rate_limit_burst: int = Field(default=20, ge=1)
     """Requests a principal may make at once before the per-minute rate applies."""
+    redis_url: str | None = None
+    """Redis for the shared rate limiter (``redis://127.0.0.1:6379/0``); every worker and replica
+    then spends from one bucket per principal. Unset: each process keeps its own buckets."""
+    generation_concurrency: int = Field(default=1, ge=1, le=64)
+    """Requests that run the generate flow at once in one process."""
+    queue_depth: int = Field(default=8, ge=0, le=10_000)
+    """Requests that may wait for a slot; beyond that a request is refused with ``gate.busy``."""
+    queue_wait_s: float = Field(default=30.0, gt=0)
+    """Longest wait for a slot before a queued request is refused with ``gate.busy``."""
     audit_checkpoint_every: int = Field(default=100, ge=1)
     """Keep a signed checkpoint of the audit chain every this many events."""
     audit_prompts: bool = False
     """Store prompts in the audit log in clear; off stores only their SHA-256."""
+    generator: GeneratorKind = GeneratorKind.local
+    """What makes the pictures: ``local`` (the diffusers pipeline in ``model_dir``), or an
+    upstream HTTP service that already runs: ``openai`` (OpenAI-Images-compatible) or ``a1111``
+    (AUTOMATIC1111 / Forge ``sdapi``). The gate forwards only jobs that passed every check."""
+    upstream_url: str | None = None
+    """Base URL of the upstream service; required unless ``generator=local``. For ``openai``
+    it includes the API prefix (``http://host:8000/v1``), for ``a1111`` it is the server root
+    (``http://host:7860``)."""
+    upstream_api_key: str | None = Field(default=None, repr=False)
+    """Bearer token sent to an ``openai`` upstream (``CONSENTRY_UPSTREAM_API_KEY``; never logged)."""
+    upstream_model: str | None = None
+    """Model name sent to an ``openai`` upstream (omitted when unset: the service's default)."""
+    upstream_timeout_s: float = Field(default=60.0, gt=0)
+    """Longest one upstream attempt may take, from sending the job to the last byte of the answer;
+    a slower answer is refused as ``upstream.timeout`` and is not retried."""
+    upstream_retries: int = Field(default=2, ge=0, le=5)
+    """Retries (with a short backoff) after a connection error or a 502/503/504 answer; other
+    answers and timeouts are never retried."""
+    upstream_untrained: bool = False
+    """Label the upstream's outputs as made by an untrained model (test services)."""
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

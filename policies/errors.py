@@ -118,3 +118,10 @@ class RateLimitedError(ConsentryError):
 
     code: ClassVar[str] = codes.RATE_LIMITED
     status = 429
+
+
+class GateBusyError(ConsentryError):
+    """The gate's queue is full: refused at once, audited, to be retried later (503 + Retry-After)."""
+
+    code: ClassVar[str] = codes.GATE_BUSY
+    status = 503

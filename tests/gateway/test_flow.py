@@ -336,3 +336,60 @@ async def test_subject_without_purpose_is_bad_input(build: Build) -> None:
     with pytest.raises(BadInputError) as info:
         await world.gate.generate(world.p, dataclasses.replace(world.ask(), purpose=None))
     assert info.value.code == "input.purpose_required"
+
+
+# -- admission control ------------------------------------------------------------------------------
+
+
+class HeldGenerator(PhotoGenerator):
+    """Holds every request inside the generator until the test lets go."""
+
+    def __init__(self, photo: Image.Image) -> None:
+        super().__init__(photo)
+        self.entered = threading.Semaphore(0)
+        self.go = threading.Event()
+
+    def generate(self, job: GenerationJob) -> GenerationOutput:
+        self.entered.release()
+        assert self.go.wait(10), "the test never let the generator go"
+        return super().generate(job)
+
+
+async def test_a_full_queue_refuses_at_once_with_gate_busy(build) -> None:  # type: ignore[no-untyped-def]
+    held: list[HeldGenerator] = []
+
+    def make(photo: Image.Image) -> HeldGenerator:
+        held.append(HeldGenerator(photo))
+        return held[-1]
+
+    world = await build(generator=make, generation_concurrency=1, queue_depth=1, queue_wait_s=30)
+    first = asyncio.create_task(world.gate.generate(world.p, world.ask()))
+    await asyncio.to_thread(held[0].entered.acquire, True, 10)  # the first is in the generator
+    second = asyncio.create_task(world.gate.generate(world.p, world.ask()))  # waits in the queue
+    await asyncio.sleep(0.05)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ConsentryError) as busy:
+        await world.gate.generate(world.p, world.ask())
+    assert asyncio.get_running_loop().time() - started < 0.5, "a full queue must refuse at once"
+    assert (busy.value.code, busy.value.status) == (codes.GATE_BUSY, 503)
+    assert busy.value.extra["retry_after"] >= 1
+    assert (await world.events())[-1] == ("generation.refused", codes.GATE_BUSY)
+    held[0].go.set()
+    assert isinstance(await first, Release) and isinstance(await second, Release)
+
+
+async def test_a_queued_request_that_waits_too_long_is_busy_not_a_late_timeout(build) -> None:  # type: ignore[no-untyped-def]
+    held: list[HeldGenerator] = []
+
+    def make(photo: Image.Image) -> HeldGenerator:
+        held.append(HeldGenerator(photo))
+        return held[-1]
+
+    world = await build(generator=make, generation_concurrency=1, queue_depth=4, queue_wait_s=0.2)
+    first = asyncio.create_task(world.gate.generate(world.p, world.ask()))
+    await asyncio.to_thread(held[0].entered.acquire, True, 10)
+    with pytest.raises(ConsentryError) as busy:
+        await world.gate.generate(world.p, world.ask())
+    assert busy.value.code == codes.GATE_BUSY
+    held[0].go.set()
+    await first

@@ -16,14 +16,14 @@ from tests.gateway.conftest import serve
 def test_token_buckets_refill_with_time() -> None:
     now = [0.0]
     buckets = TokenBuckets(per_minute=6, burst=2, clock=lambda: now[0])
-    buckets.take("p")
-    buckets.take("p")
+    buckets.take_now("p")
+    buckets.take_now("p")
     with pytest.raises(RateLimitedError) as exc:
-        buckets.take("p")
+        buckets.take_now("p")
     assert exc.value.extra["retry_after"] == 10
-    buckets.take("q")  # another principal has its own bucket
+    buckets.take_now("q")  # another principal has its own bucket
     now[0] = 10.0
-    buckets.take("p")
+    buckets.take_now("p")
 
 
 async def test_generate_is_rate_limited_per_principal(
