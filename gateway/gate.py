@@ -10,7 +10,9 @@ the one role table (:mod:`consentry.policies.roles`). Components are built by
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +28,8 @@ from consentry.gateway.admission import Admission
 from consentry.gateway.flow import GateJob, GenerateFlow
 from consentry.gateway.health import Readiness, check_readiness
 from consentry.gateway.index_cache import IndexCache
+from consentry.gateway.logs import record_id
+from consentry.gateway.metrics import GateMetrics
 from consentry.gateway.models import Loadable
 from consentry.gateway.ratelimit import RateLimiter
 from consentry.gateway.release import REFUSED, audit_body
@@ -45,6 +49,8 @@ from consentry.policies.roles import Action, require
 from consentry.provenance.audit import ChainedEvent, ChainReport
 from consentry.provenance.verification import ProvenanceReport, ProvenanceVerifier
 
+log = logging.getLogger("consentry.gate")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GateParts:
@@ -63,6 +69,7 @@ class GateParts:
     provenance: ProvenanceVerifier
     rate_limits: RateLimiter
     admission: Admission
+    metrics: GateMetrics
     models: Sequence[Loadable] = ()
     """Models to load at warm-up and release at close (lazy holders of analyzer and generator)."""
 
@@ -223,15 +230,21 @@ class Gate:
             ),
             payload=secrets.token_bytes(8),
         )
+        record_id.set(job.request_id)
+        metrics, started = self.parts.metrics, time.perf_counter()
         try:
             async with self.parts.admission.slot():
                 result = await self.parts.flow.run(job)
         except GateBusyError as busy:
+            metrics.decided(Decision({}), code=busy.code)
             # Refused at once, before any stage ran; audited like every other decision.
             body = audit_body(job, Decision({}), keep_prompt=s.audit_prompts)
             event = await self.audit.append(REFUSED, body | {"decision": busy.code, "reason": busy.detail})
             busy.extra["audit_seq"] = event.seq
             raise
+        metrics.decided(result.decision)
+        metrics.request_seconds.observe(time.perf_counter() - started)
+        log.info("generation %s: %s", job.request_id, result.decision.code)
         released, generated = result.released, result.generated
         if released is None or generated is None:
             await self._refuse(job, result.decision)

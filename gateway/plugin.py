@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPluginProtocol
 
 from consentry.gateway.gate import Gate
+from consentry.gateway.logs import configure_json_logging, request_id_middleware
 from consentry.gateway.openai_api import OpenAIImagesController
 from consentry.gateway.problems import HANDLERS
 from consentry.gateway.routes import CONTROLLERS, provide_principal
@@ -81,6 +82,9 @@ class ConsentryPlugin(InitPluginProtocol):
         app_config.dependencies["gate"] = Provide(provide_gate, sync_to_thread=False)
         app_config.dependencies["principal"] = Provide(provide_principal)
         app_config.exception_handlers.update(HANDLERS)
+        app_config.middleware.append(request_id_middleware)
+        if cfg.settings.log_format == "json":
+            configure_json_logging(cfg.settings.log_level)
         app_config.lifespan.append(lifespan)
         return app_config
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.params import Parameter
 
 from consentry.gateway.gate import Gate
 from consentry.gateway.health import Readiness
+from consentry.gateway.metrics import CONTENT_TYPE
 from consentry.gateway.schemas import (
     AuditReportOut,
     EnrollBody,
@@ -74,6 +75,17 @@ def _readiness(r: Readiness, gate: Gate) -> Response[ReadyOut]:
     )
     # 503 takes a replica out of a load balancer's rotation until it is ready again.
     return Response(body, status_code=200 if r.ready else 503)
+
+
+@get(
+    "/metrics",
+    summary="Prometheus metrics (text exposition format)",
+    media_type=MediaType.TEXT,
+    sync_to_thread=False,
+    tags=["health"],
+)
+def metrics(gate: Gate) -> Response[bytes]:
+    return Response(gate.parts.metrics.render(), media_type=CONTENT_TYPE)
 
 
 class AdminController(Controller):
@@ -169,6 +181,7 @@ class ProvenanceController(Controller):
 
 
 CONTROLLERS = [
+    metrics,
     HealthController,
     AdminController,
     KeysController,

@@ -20,6 +20,7 @@ from consentry.gateway.admission import Admission
 from consentry.gateway.flow import GenerateFlow, Stages
 from consentry.gateway.gate import Gate, GateParts
 from consentry.gateway.index_cache import IndexCache
+from consentry.gateway.metrics import GateMetrics
 from consentry.gateway.models import LazyAnalyzer, LazyGenerator
 from consentry.gateway.ratelimit import RateLimiter, RedisTokenBuckets, TokenBuckets
 from consentry.gateway.release import ReleaseStage
@@ -64,7 +65,33 @@ def build_analyzer(settings: Settings) -> FaceAnalyzer:
 
 
 def build_generator(settings: Settings) -> Generator:
-    return DiffusersTextToImage(settings.model_dir, device=settings.device)
+    """The configured generator: the local diffusers pipeline, or an upstream HTTP service."""
+    # Imported here so this function is the one place in wiring that knows about upstream mode.
+    from consentry.generation.upstream import UpstreamA1111, UpstreamOpenAIImages
+    from consentry.policies.config import GeneratorKind
+
+    kind = settings.generator
+    if kind is GeneratorKind.local:
+        return DiffusersTextToImage(settings.model_dir, device=settings.device)
+    url = settings.upstream_url
+    if not url:
+        raise ConfigurationError(
+            f"generator={kind.value} needs upstream_url (CONSENTRY_UPSTREAM_URL), the base URL of the "
+            "upstream image service",
+            code=codes.CONFIG_UPSTREAM_URL,
+        )
+    timeout_s, retries = settings.upstream_timeout_s, settings.upstream_retries
+    untrained = settings.upstream_untrained
+    if kind is GeneratorKind.openai:
+        return UpstreamOpenAIImages(
+            url,
+            api_key=settings.upstream_api_key,
+            model=settings.upstream_model,
+            timeout_s=timeout_s,
+            retries=retries,
+            untrained=untrained,
+        )
+    return UpstreamA1111(url, timeout_s=timeout_s, retries=retries, untrained=untrained)
 
 
 def build_stages(
@@ -129,7 +156,13 @@ async def open_gate(
     db = Database(settings.database_url)
     await db.migrate()
     keys_dir = settings.keys_dir
-    audit = AuditLog(db, AuditSigner.load_or_create(keys_dir), settings.audit_checkpoint_every)
+    metrics = GateMetrics()
+    audit = AuditLog(
+        db,
+        AuditSigner.load_or_create(keys_dir),
+        settings.audit_checkpoint_every,
+        observe=metrics.audit_append_seconds.observe,
+    )
     subjects = Subjects(db, TemplateVault(load_master_key(keys_dir)), audit)
     records = Records(db)
     lazy_analyzer = LazyAnalyzer(
@@ -153,6 +186,8 @@ async def open_gate(
     )
     if adjust_stages is not None:
         stages = adjust_stages(stages)
+    admission = Admission(settings.generation_concurrency, settings.queue_depth, settings.queue_wait_s)
+    metrics.queue_depth.set_function(lambda: admission.queued)
     anchors = load_trust_anchors(settings.trust_anchors, keys_dir, settings.trust_dev_ca)
     return Gate(
         GateParts(
@@ -168,7 +203,8 @@ async def open_gate(
             flow=GenerateFlow(stages, settings.stage_timeout_s),
             provenance=ProvenanceVerifier(watermarker, records, anchors),
             rate_limits=build_rate_limiter(settings),
-            admission=Admission(settings.generation_concurrency, settings.queue_depth, settings.queue_wait_s),
+            admission=admission,
+            metrics=metrics,
             models=(lazy_analyzer, lazy_generator),
         )
     )

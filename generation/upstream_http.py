@@ -82,7 +82,9 @@ class UpstreamClient:
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not timeout_s > 0:
             raise ConfigurationError(f"upstream timeout must be a positive number, got {timeout_s!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
-            raise ConfigurationError(f"upstream retries must be an integer in 0..{MAX_RETRIES}, got {retries!r}")
+            raise ConfigurationError(
+                f"upstream retries must be an integer in 0..{MAX_RETRIES}, got {retries!r}"
+            )
         # Named without credentials or path: this lands in audit events and manifests.
         self.host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
         self.timeout_s = float(timeout_s)
@@ -121,7 +123,10 @@ class UpstreamClient:
                 logger.warning("upstream %s%s attempt %d: %s", self.host, path, attempt + 1, last)
                 continue
             if not 200 <= status < 300:
-                raise _fault(f"upstream {self.host}{path} answered {_status_detail(status, body)}", codes.UPSTREAM_ERROR)
+                raise _fault(
+                    f"upstream {self.host}{path} answered {_status_detail(status, body)}",
+                    codes.UPSTREAM_ERROR,
+                )
             try:
                 return json.loads(body)
             except ValueError as exc:
@@ -133,7 +138,9 @@ class UpstreamClient:
         attempts = f"{self.retries + 1} attempt(s)"
         if answered:
             raise _fault(f"upstream {self.host}{path} answered {last} after {attempts}", codes.UPSTREAM_ERROR)
-        raise _fault(f"upstream {self.host} is unreachable after {attempts}: {last}", codes.UPSTREAM_UNAVAILABLE)
+        raise _fault(
+            f"upstream {self.host} is unreachable after {attempts}: {last}", codes.UPSTREAM_UNAVAILABLE
+        )
 
     def _attempt(self, path: str, request: dict[str, Any]) -> tuple[int, bytes]:
         """One request; the body is read up to ``MAX_ANSWER_BYTES`` and within ``timeout_s``."""
@@ -162,7 +169,8 @@ class UpstreamClient:
             raise
         except httpx.HTTPError as exc:  # unsupported protocol, proxy or decoding errors
             raise _fault(
-                f"cannot talk to upstream {self.host}: {type(exc).__name__}: {exc}", codes.UPSTREAM_UNAVAILABLE
+                f"cannot talk to upstream {self.host}: {type(exc).__name__}: {exc}",
+                codes.UPSTREAM_UNAVAILABLE,
             ) from exc
 
     def close(self) -> None:
@@ -198,7 +206,9 @@ def decode_images(encoded: object, job: GenerationJob, source: str) -> tuple[Ima
             image = decode_image(data, max_bytes=MAX_IMAGE_BYTES, max_pixels=job.width * job.height)
         except (binascii.Error, ValueError, BadInputError) as exc:
             detail = exc.detail if isinstance(exc, BadInputError) else f"not base64 ({exc})"
-            raise _fault(f"{source} image {index} is unusable: {detail}", codes.UPSTREAM_BAD_RESPONSE) from exc
+            raise _fault(
+                f"{source} image {index} is unusable: {detail}", codes.UPSTREAM_BAD_RESPONSE
+            ) from exc
         if image.size != (job.width, job.height):
             raise _fault(
                 f"{source} image {index} is {image.width}x{image.height}, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import (
@@ -120,6 +121,10 @@ class Settings(BaseSettings):
     """Longest wait for a slot before a queued request is refused with ``gate.busy``."""
     audit_checkpoint_every: int = Field(default=100, ge=1)
     """Keep a signed checkpoint of the audit chain every this many events."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line, each with the request id and the record id."""
+    log_level: str = "INFO"
+    """Log level of the gateway process (``DEBUG``, ``INFO``, ``WARNING``...)."""
     audit_prompts: bool = False
     """Store prompts in the audit log in clear; off stores only their SHA-256."""
     generator: GeneratorKind = GeneratorKind.local

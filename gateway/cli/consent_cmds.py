@@ -18,7 +18,16 @@ from consentry.policies.errors import BadInputError
 def cmd_principal_add(args: argparse.Namespace) -> int:
     async def run(gate: Gate) -> int:
         issued = await gate.create_principal(LOCAL_ACTOR, args.name, args.role)
-        print(json.dumps({"id": issued.principal.id, "role": args.role, "api_key": issued.secret}))
+        print(
+            json.dumps(
+                {
+                    "id": issued.principal.id,
+                    "role": args.role,
+                    "key_id": issued.key_id,
+                    "api_key": issued.secret,
+                }
+            )
+        )
         print("Store the API key now: it is not kept and cannot be shown again.", file=sys.stderr)
         return 0
 

@@ -9,6 +9,7 @@ caller's unit of work, so an audit event and the rows it speaks for commit toget
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -41,12 +42,20 @@ UnitOfWork = Callable[[AsyncSession, ChainedEvent], Awaitable[None]]
 
 
 class AuditLog:
-    def __init__(self, db: Database, signer: AuditSigner, checkpoint_every: int = 100) -> None:
+    def __init__(
+        self,
+        db: Database,
+        signer: AuditSigner,
+        checkpoint_every: int = 100,
+        observe: Callable[[float], None] | None = None,
+    ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
         self.db = db
         self.signer = signer
         self.checkpoint_every = checkpoint_every
+        self.observe = observe
+        """Called with each committed append's duration in seconds (the metrics histogram)."""
         self._lock = asyncio.Lock()
 
     async def _take_write_lock(self, session: AsyncSession) -> None:
@@ -61,6 +70,7 @@ class AuditLog:
         Only a clash on the event's own sequence number is retried; an error raised by ``also``
         (including an IntegrityError of its rows) rolls everything back and reaches the caller.
         """
+        start = time.perf_counter()
         async with self._lock:
             for _ in range(RETRIES):
                 async with self.db.session() as session, session.begin():
@@ -71,6 +81,8 @@ class AuditLog:
                     await self._sign(session, event)
                     if also is not None:
                         await also(session, event)
+                if self.observe is not None:
+                    self.observe(time.perf_counter() - start)
                 return event
         raise StageError("cannot append to the audit log", code=codes.AUDIT_UNAVAILABLE)
 

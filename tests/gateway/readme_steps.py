@@ -142,7 +142,8 @@ def free_port() -> int:
 
 def start_server(c: Ctx, argv: list[str]) -> Result:
     """``consentry serve`` in its own process group, until ``GET /health`` answers (bounded);
-    then a few requests: docs, OpenAPI, keys and roles. Their answers go to ``c['http']``."""
+    then a few requests: docs, OpenAPI, roles, every route without a key, a second key. The
+    answers go to ``c["http"]``."""
     log = open(c["tmp"] / "serve.log", "wb")  # noqa: SIM115 (closed by stop_server or the fixture)
     proc = subprocess.Popen(
         [sys.executable, "-m", "consentry.gateway.cli", *argv],

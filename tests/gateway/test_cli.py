@@ -191,3 +191,18 @@ def test_watermark_tools(data_dir: Path, faces_dir: Path, tmp_path: Path, capsys
     assert main(["watermark", "embed", str(src), str(out), "--payload", "xyz"]) == 2
     assert main(["watermark", "embed", str(src), str(tmp_path / "o.gif")]) == 2
     assert main(["watermark", "decode", str(faces_dir / "invalid" / "truncated.jpg")]) == 2
+
+
+def test_generate_without_a_subject(data_dir: Path, faces_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["keys", "init"]) == 0
+    assert main(["principal", "add", "studio", "--role", "requester"]) == 0
+    assert main(["enroll", "--label", "A", *(lfw(faces_dir, "Tony_Blair", n) for n in (2, 3, 4, 5))]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--as", "studio", "--prompt", "a lake at dawn"]) == 0
+    assert "released" in capsys.readouterr().out
+    # An enrolled person's photo as a reference is refused even though no subject is named.
+    argv = ["generate", "--as", "studio", "--prompt", "make him smile"]
+    assert main([*argv, "--reference", lfw(faces_dir, "Tony_Blair", 6)]) == 3
+    assert "face.protected_identity" in capsys.readouterr().err
+    # A subject without a purpose is bad input: exit 2, nothing audited.
+    assert main([*argv, "--subject", "idn_x"]) == 2

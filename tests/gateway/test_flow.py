@@ -355,7 +355,7 @@ class HeldGenerator(PhotoGenerator):
         return super().generate(job)
 
 
-async def test_a_full_queue_refuses_at_once_with_gate_busy(build) -> None:  # type: ignore[no-untyped-def]
+async def test_a_full_queue_refuses_at_once_with_gate_busy(build: Build) -> None:
     held: list[HeldGenerator] = []
 
     def make(photo: Image.Image) -> HeldGenerator:
@@ -378,7 +378,7 @@ async def test_a_full_queue_refuses_at_once_with_gate_busy(build) -> None:  # ty
     assert isinstance(await first, Release) and isinstance(await second, Release)
 
 
-async def test_a_queued_request_that_waits_too_long_is_busy_not_a_late_timeout(build) -> None:  # type: ignore[no-untyped-def]
+async def test_a_queued_request_that_waits_too_long_is_busy_not_a_late_timeout(build: Build) -> None:
     held: list[HeldGenerator] = []
 
     def make(photo: Image.Image) -> HeldGenerator:
