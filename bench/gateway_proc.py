@@ -45,11 +45,11 @@ def cli(env: dict[str, str], cwd: Path, *argv: str, ok: tuple[int, ...] = (0,)) 
 class Server:
     """``consentry serve`` in its own process group, so that it and its workers die together."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, workers: int) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path, workers: int, name: str = "server") -> None:
         with socket.socket() as s:
             s.bind((HOST, 0))
             port = int(s.getsockname()[1])
-        self.url, self.workers, self.log = f"http://{HOST}:{port}", workers, cwd / "server.log"
+        self.url, self.workers, self.log = f"http://{HOST}:{port}", workers, cwd / f"{name}.log"
         argv = ["serve", "--host", HOST, "--port", str(port), "--workers", str(workers)]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(

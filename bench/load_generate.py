@@ -93,8 +93,11 @@ def plan(n: int, subject: str, refs: list[Path], strangers: list[Path]) -> Plann
 
 
 async def fire(
-    url: str, key: str, reqs: Planned, concurrency: int, limit_s: float
+    urls: str | list[str], key: str, reqs: Planned, concurrency: int, limit_s: float
 ) -> tuple[list[Outcome], float]:
+    """Send every request at once (``concurrency`` in flight); with several URLs, request i goes
+    to replica i mod n: no sticky routing, as behind a plain load balancer."""
+    bases = [urls] if isinstance(urls, str) else urls
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(connect=60, read=limit_s, write=60, pool=limit_s)
     gate = asyncio.Semaphore(concurrency)
@@ -103,7 +106,8 @@ async def fire(
         async with gate:
             start = time.perf_counter()
             try:
-                r = await client.post("/v1/generate", json=body, headers={"X-API-Key": key})
+                url = f"{bases[o.i % len(bases)]}/v1/generate"
+                r = await client.post(url, json=body, headers={"X-API-Key": key})
                 data = r.json()
             except (httpx.HTTPError, ValueError) as exc:
                 ms = (time.perf_counter() - start) * 1000
@@ -113,7 +117,7 @@ async def fire(
         seq, rid = data.get("audit_seq"), data.get("record_id")
         return replace(o, status=r.status_code, code=code, audit_seq=seq, record_id=rid, latency_ms=ms)
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
         start = time.perf_counter()
         outs = await asyncio.gather(*(one(client, o, body) for o, body in reqs))
         return list(outs), time.perf_counter() - start
@@ -183,8 +187,11 @@ def check(outs: list[Outcome], setup_events: int, db: DbState, out_dir: Path) ->
     }
 
 
-async def setup(args: argparse.Namespace, work: Path, state: dict[str, Any]) -> dict[str, Any]:
-    """Database, models, keys, principals, server, enrollment, grant: what the load needs."""
+async def setup(
+    args: argparse.Namespace, work: Path, state: dict[str, Any], replicas: int = 1
+) -> dict[str, Any]:
+    """Database, models, keys, principals, server(s), enrollment, grant: what the load needs.
+    ``replicas`` servers share the one database and data directory (``state["servers"]``)."""
     db_name = f"consentry_load_{secrets.token_hex(5)}"
     if args.db != "sqlite" and await pg_database(create=db_name):
         state["pg_db"] = db_name
@@ -197,14 +204,17 @@ async def setup(args: argparse.Namespace, work: Path, state: dict[str, Any]) -> 
     conf = {"DATA_DIR": work / "data", "DATABASE_URL": db_url, "DEVICE": "cpu", "IMAGE_SIZE": 256}
     conf |= {"RATE_LIMIT_PER_MINUTE": 1e9, "RATE_LIMIT_BURST": 10**9, "GENERATION_STEPS": args.steps}
     conf |= {"STAGE_TIMEOUT_S": args.stage_timeout_s}
+    # The whole load is admitted: this measures the gate's throughput, not its refusals.
+    conf |= {"QUEUE_DEPTH": 10_000, "QUEUE_WAIT_S": args.deadline_s}
     env = {**os.environ, "PYTHONPATH": str(REPO)} | {f"CONSENTRY_{k}": str(v) for k, v in conf.items()}
     cli(env, work, "models", "tiny")
     cli(env, work, "keys", "init")
     admin = json.loads(cli(env, work, "principal", "add", "load-admin", "--role", "admin"))["api_key"]
     key = json.loads(cli(env, work, "principal", "add", "load-req", "--role", "requester"))["api_key"]
     start = time.perf_counter()
-    state["server"] = server = Server(env, work, args.workers)
-    await server.ready()
+    state["servers"] = [Server(env, work, args.workers, name=f"server{n}") for n in range(replicas)]
+    state["server"] = server = state["servers"][0]
+    await asyncio.gather(*(s.ready() for s in state["servers"]))
     startup_s = time.perf_counter() - start
     enroll, refs, strangers = pick_photos(faces_dir())
     async with httpx.AsyncClient(base_url=server.url, timeout=300) as c:
@@ -213,10 +223,18 @@ async def setup(args: argparse.Namespace, work: Path, state: dict[str, Any]) -> 
         subject = r.raise_for_status().json()["id"]
         grant = {"identity_id": subject, "principal": "load-req", "purposes": ["portrait"]}
         grant |= {"deny_terms": [DENIED_TERM], "attested_by": "load test", "consent_text_sha256": "0" * 64}
-        (await c.post("/v1/grants", json=grant, headers=head)).raise_for_status()
+        grant_id = (await c.post("/v1/grants", json=grant, headers=head)).raise_for_status().json()["id"]
     people = {"subject_person": enroll[0].parent.name, "stranger_person": strangers[0].parent.name}
     database = "postgresql" if "pg_db" in state else "sqlite"
-    return {"env": env, "db_url": db_url, "key": key, "subject": subject, "photos": (refs, strangers)} | {
+    return {
+        "env": env,
+        "db_url": db_url,
+        "key": key,
+        "admin": admin,
+        "subject": subject,
+        "grant": grant_id,
+    } | {
+        "photos": (refs, strangers),
         "settings": {**vars(args), "image_size": 256, "database": database, "host": HOST, **people},
         "startup_s": round(startup_s, 2),
     }
@@ -298,8 +316,8 @@ def main() -> int:
         raise
     finally:
         signal.alarm(0)
-        if "server" in state:
-            state["server"].stop()
+        for server in state.get("servers", []):
+            server.stop()
         if "pg_db" in state:
             asyncio.run(asyncio.wait_for(pg_database(drop=state["pg_db"]), 30))
     result["machine"], result["data_dir"] = info, str(work) if args.keep else None

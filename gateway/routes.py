@@ -8,6 +8,7 @@ from typing import Any
 
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.params import Parameter
+from litestar.types import ControllerRouterHandler
 
 from consentry.gateway.gate import Gate
 from consentry.gateway.health import Readiness
@@ -180,7 +181,7 @@ class ProvenanceController(Controller):
         return AuditReportOut(**(await gate.verify_audit(principal)).as_dict())
 
 
-CONTROLLERS = [
+CONTROLLERS: list[ControllerRouterHandler] = [
     metrics,
     HealthController,
     AdminController,

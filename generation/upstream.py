@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import io
 import time
-from typing import Any
+from typing import Any, Self
 
 from PIL import Image
 
@@ -79,7 +79,7 @@ class _UpstreamGenerator:
         """Close the pooled connections; later ``generate`` calls fail with ``generation.closed``."""
         self._http.close()
 
-    def __enter__(self) -> _UpstreamGenerator:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -167,6 +167,12 @@ class UpstreamClient:
             raise too_slow from exc
         except _CONNECTION_ERRORS:
             raise
+        except RuntimeError as exc:  # httpx: "the client has been closed" (closed meanwhile)
+            if self._closed:
+                raise _fault(
+                    f"the upstream client for {self.host} is closed", codes.GENERATION_CLOSED
+                ) from exc
+            raise
         except httpx.HTTPError as exc:  # unsupported protocol, proxy or decoding errors
             raise _fault(
                 f"cannot talk to upstream {self.host}: {type(exc).__name__}: {exc}",

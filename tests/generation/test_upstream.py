@@ -253,7 +253,7 @@ def test_settings_build_the_upstream_backends(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("CONSENTRY_UPSTREAM_API_KEY", "sk-from-env")
     settings = Settings(
         data_dir=tmp_path,
-        generator="openai",
+        generator=GeneratorKind.openai,
         upstream_url="http://127.0.0.1:9/v1",
         upstream_model="m",
         upstream_timeout_s=3,
@@ -266,14 +266,21 @@ def test_settings_build_the_upstream_backends(monkeypatch: pytest.MonkeyPatch, t
     assert (gen.timeout_s, gen.retries, gen.untrained) == (3.0, 1, False)
     gen.close()
     a1111 = build_generator(
-        Settings(data_dir=tmp_path, generator="a1111", upstream_url="http://h:7860", upstream_untrained=True)
+        Settings(
+            data_dir=tmp_path,
+            generator=GeneratorKind.a1111,
+            upstream_url="http://h:7860",
+            upstream_untrained=True,
+        )
     )
     assert isinstance(a1111, UpstreamA1111) and (a1111.name, a1111.untrained) == ("a1111@h:7860", True)
     a1111.close()
 
 
-@pytest.mark.parametrize("kind", ["openai", "a1111"])
-def test_an_upstream_generator_without_a_url_is_a_configuration_error(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", [GeneratorKind.openai, GeneratorKind.a1111])
+def test_an_upstream_generator_without_a_url_is_a_configuration_error(
+    kind: GeneratorKind, tmp_path: Path
+) -> None:
     with pytest.raises(ConfigurationError) as info:
         build_generator(Settings(data_dir=tmp_path, generator=kind))
     assert info.value.code == codes.CONFIG_UPSTREAM_URL
