@@ -193,7 +193,7 @@ def test_watermark_tools(data_dir: Path, faces_dir: Path, tmp_path: Path, capsys
     assert main(["watermark", "decode", str(faces_dir / "invalid" / "truncated.jpg")]) == 2
 
 
-def test_generate_without_a_subject(data_dir: Path, faces_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_generate_without_a_subject(data_dir: Path, faces_dir: Path, capsys) -> None:
     assert main(["keys", "init"]) == 0
     assert main(["principal", "add", "studio", "--role", "requester"]) == 0
     assert main(["enroll", "--label", "A", *(lfw(faces_dir, "Tony_Blair", n) for n in (2, 3, 4, 5))]) == 0

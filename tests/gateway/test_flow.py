@@ -238,7 +238,9 @@ class BarrierGenerator(PhotoGenerator):
 
 
 async def test_concurrent_exhaustion_is_refused_as_exhausted(build: Build) -> None:
-    world = await build(max_uses=1, generator=lambda photo: BarrierGenerator(photo, 2))
+    world = await build(
+        max_uses=1, generator=lambda photo: BarrierGenerator(photo, 2), generation_concurrency=2
+    )
     results = await asyncio.gather(
         world.gate.generate(world.p, world.ask()),
         world.gate.generate(world.p, world.ask()),

@@ -15,15 +15,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 from PIL import Image
 
+from consentry.detectors.analyzer import FaceAnalyzer
 from consentry.gateway.requests import EnrollmentRequest, GrantRequest
 from consentry.gateway.storage.principals import LOCAL_ACTOR
 from consentry.gateway.wiring import open_gate
+from consentry.generation.base import Generator
 from consentry.policies.config import Settings
 from consentry.policies.consent import Purpose
 
@@ -52,7 +55,9 @@ class Served:
         return int(r.json()["events"])
 
 
-async def prepare(settings: Settings, faces: Path, shared_models) -> tuple[dict[str, str], str]:  # type: ignore[no-untyped-def]
+async def prepare(
+    settings: Settings, faces: Path, shared_models: tuple[FaceAnalyzer, Generator]
+) -> tuple[dict[str, str], str]:
     analyzer, generator = shared_models
     gate = await open_gate(settings, analyzer=analyzer, generator=generator)
     try:
@@ -88,8 +93,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(
-    tmp_path_factory, tiny_model: Path, dev_keys: Path, faces_dir: Path, shared_models
-) -> Iterator[Served]:  # type: ignore[no-untyped-def]
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model: Path,
+    dev_keys: Path,
+    faces_dir: Path,
+    shared_models: tuple[FaceAnalyzer, Generator],
+) -> Iterator[Served]:
     import asyncio
 
     data = tmp_path_factory.mktemp("openai")
@@ -134,6 +143,7 @@ def png_of(b64: str) -> Image.Image:
 
 def test_generate_without_a_subject(served: Served) -> None:
     resp = served.client().images.generate(prompt="a mountain lake at dawn", size="256x256")
+    assert resp.data is not None
     assert len(resp.data) == 1 and resp.created > 0
     image = png_of(resp.data[0].b64_json or "")
     assert image.format == "PNG" and image.size == (256, 256)
@@ -149,6 +159,7 @@ def test_edit_with_a_reference_of_the_consenting_subject(served: Served) -> None
             extra_body={"subject_id": served.subject, "purpose": "portrait"},
         )
     record = (resp.model_extra or {})["consentry"]
+    assert resp.data is not None
     assert len(resp.data) == 1 and record["untrained"] is True
     # The release is the gate's: its provenance reads back through the Consentry API.
     verify = httpx.post(
@@ -185,11 +196,11 @@ def test_refusals_are_openai_errors_with_the_consentry_code(served: Served) -> N
     ],
 )
 def test_bad_input_is_an_openai_400_and_stores_nothing(
-    served: Served, kwargs: dict[str, object], code: str
+    served: Served, kwargs: dict[str, Any], code: str
 ) -> None:
     before = served.audit_events()
     with pytest.raises(openai.BadRequestError) as bad:
-        served.client().images.generate(prompt="a lake", **kwargs)  # type: ignore[arg-type]
+        served.client().images.generate(prompt="a lake", **kwargs)  # values the API refuses
     assert bad.value.status_code == 400 and bad.value.code == code, bad.value.body
     assert served.audit_events() == before
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from consentry.gateway.storage.principals import LOCAL_ACTOR
 from consentry.policies.config import Settings
@@ -13,7 +14,7 @@ from tests.conftest import REPO_ROOT
 from tests.gateway.conftest import serve
 
 
-def load_example():  # type: ignore[no-untyped-def]
+def load_example() -> ModuleType:
     spec = importlib.util.spec_from_file_location("plugin_example", REPO_ROOT / "docs" / "plugin_example.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

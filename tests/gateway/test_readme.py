@@ -89,7 +89,7 @@ def readme_routes(text: str | None = None) -> set[tuple[str, str]]:
     return routes
 
 
-def openapi_routes(document: dict) -> set[tuple[str, str]]:  # type: ignore[type-arg]
+def openapi_routes(document: dict) -> set[tuple[str, str]]:
     """``(METHOD, normalised path)`` of every operation in an OpenAPI document."""
     return {
         (method.upper(), normalise(path))
@@ -114,7 +114,7 @@ def test_parsers_read_the_tables_they_are_meant_to_read() -> None:
     assert readme_routes(sample) == {("GET", "/x"), ("POST", "/x/{}/y")}
 
 
-def app_openapi(tmp_path: Path) -> dict:  # type: ignore[type-arg]
+def app_openapi(tmp_path: Path) -> dict:
     """The OpenAPI document of the app ``consentry serve`` runs, built in-process (no lifespan:
     nothing loads, nothing is written)."""
     app = create_app(ConsentryConfig(settings=Settings(data_dir=tmp_path, device="cpu")))
