@@ -82,8 +82,9 @@ def markdown(r: dict[str, Any]) -> str:
     for key in ("one_replica", "two_replicas"):
         p = r[key]
         failed = [k for k, c in p["checks"].items() if not c["ok"]]
-        rows.append([p["replicas"], p["wall_s"], p["throughput_rps"], p["latency_ms"].get("p50"),
-                     p["latency_ms"].get("p99"), "all ok" if not failed else "FAILED: " + ", ".join(failed),
+        lat = {q: f"{p['latency_ms'].get(q, 0):.0f}" for q in ("p50", "p99")}
+        verdict = "all ok" if not failed else "FAILED: " + ", ".join(failed)
+        rows.append([p["replicas"], p["wall_s"], p["throughput_rps"], lat["p50"], lat["p99"], verdict,
                      json.dumps(p["answers_per_replica"])])  # fmt: skip
     ratio = r["two_replicas"]["throughput_rps"] / max(r["one_replica"]["throughput_rps"], 1e-9)
     head = (

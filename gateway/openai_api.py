@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from litestar import Controller, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -108,6 +109,34 @@ class ConsentryInfo(BaseModel):
     untrained: bool
 
 
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str = Field(description="OpenAI's error type: invalid_request_error, permission_error, ...")
+    param: str | None = None
+    code: str = Field(description="the Consentry code, e.g. consent.missing")
+    consentry: dict[str, Any] | None = Field(
+        default=None, description="stage verdicts, audit seq, field errors"
+    )
+
+
+class OpenAIError(BaseModel):
+    error: OpenAIErrorBody
+
+
+# Every error these routes answer has OpenAI's shape; the OpenAPI document says so.
+ERRORS = {
+    status: ResponseSpec(OpenAIError, description=text, generate_examples=False)
+    for status, text in [
+        (400, "bad input (nothing stored)"),
+        (401, "missing or unknown API key"),
+        (403, "refused by the gate (audited)"),
+        (404, "the named subject does not exist"),
+        (429, "rate limited (Retry-After)"),
+        (503, "a stage could not decide, or the queue is full (audited; Retry-After when busy)"),
+    ]
+}
+
+
 class ImagesResponse(BaseModel):
     created: int
     data: list[ImageData]
@@ -143,11 +172,15 @@ class OpenAIImagesController(Controller):
     tags = ["openai-compatible"]
     exception_handlers = OPENAI_HANDLERS
 
-    @post("/generations", summary="OpenAI-compatible image generation (JSON)")
+    @post("/generations", summary="OpenAI-compatible image generation (JSON)", responses=ERRORS)
     async def generations(self, data: ImagesParams, gate: Gate, principal: PrincipalView) -> ImagesResponse:
         return _render(await gate.generate(principal, data.to_request()))
 
-    @post("/edits", summary="OpenAI-compatible image edit: reference images as multipart `image`/`image[]`")
+    @post(
+        "/edits",
+        summary="OpenAI-compatible image edit: reference images as multipart `image`/`image[]`",
+        responses=ERRORS,
+    )
     async def edits(
         self,
         data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)],

@@ -116,3 +116,84 @@ async def test_unreachable_limiter_fails_closed() -> None:
         await buckets.take("P")
     assert down.value.code == "rate.unavailable" and down.value.status == 503
     await buckets.close()
+
+
+@pytest.mark.slow
+def test_three_gateway_workers_share_the_rate(redis_up: str, tmp_path, tiny_model, dev_keys) -> None:  # type: ignore[no-untyped-def]
+    """``consentry serve --workers 3`` with ``redis_url``: the workers together admit no more
+    than one bucket allows. A request for an unknown subject passes the limiter and then gets
+    404, so each answer says whether the limiter let it through (404) or not (429)."""
+    import socket
+
+    import httpx
+
+    from consentry.gateway.cli import main
+
+    env = {
+        "CONSENTRY_DATA_DIR": str(tmp_path),
+        "CONSENTRY_MODEL_DIR": str(tiny_model),
+        "CONSENTRY_KEYS_DIR": str(dev_keys),
+        "CONSENTRY_DEVICE": "cpu",
+        "CONSENTRY_REDIS_URL": redis_up,
+        "CONSENTRY_RATE_LIMIT_PER_MINUTE": "30",
+        "CONSENTRY_RATE_LIMIT_BURST": "4",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            # A principal name unique to this run: Redis keys are per principal id.
+            assert main(["principal", "add", f"P-{secrets.token_hex(3)}", "--role", "requester"]) == 0
+        key = json.loads(out.getvalue())["api_key"]
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "consentry.gateway.cli", "serve", "--port", str(port), "--workers", "3"],
+            env={**os.environ, **env},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while log.read_text(errors="replace").count("Application startup complete") < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[
+                -2000:
+            ]
+            time.sleep(0.5)
+        body = {"subject_id": "idn_nobody", "purpose": "portrait", "prompt": "p"}
+        started = time.monotonic()
+        statuses = []
+        for _ in range(40):  # a fresh connection each time, so the kernel spreads them over the workers
+            with httpx.Client(timeout=30) as client:
+                r = client.post(f"http://127.0.0.1:{port}/v1/generate", json=body, headers={"X-API-Key": key})
+            statuses.append(r.status_code)
+        elapsed = time.monotonic() - started
+    finally:
+        import signal as _signal
+
+        os.killpg(proc.pid, _signal.SIGTERM)
+        proc.wait(30)
+    admitted = statuses.count(404)
+    assert set(statuses) <= {404, 429}, statuses
+    bound = 4 + 30 / 60.0 * elapsed + 1
+    assert 4 <= admitted <= bound, (admitted, bound, statuses)
+    pids = {
+        line.split("[")[1].split("]")[0]
+        for line in log.read_text().splitlines()
+        if "Started server process" in line
+    }
+    assert len(pids) == 3, pids
