@@ -10,7 +10,9 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -80,3 +82,31 @@ class Server:
                 os.killpg(self.proc.pid, sig)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout=wait)
+
+
+def run_under_deadline(
+    run: Callable[[Any, Path, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]],
+    args: Any,
+    work: Path,
+) -> dict[str, Any]:
+    """Run ``run(args, work, state)`` with an overall deadline (``args.deadline_s``); whatever
+    happens, stop the servers it started (``state["servers"]``) and drop its PostgreSQL database
+    (``state["pg_db"]``)."""
+    state: dict[str, Any] = {}
+
+    def deadline(*_: object) -> None:  # raised in the main thread, wherever it waits
+        raise TimeoutError(f"the overall deadline of {args.deadline_s:g} s passed")
+
+    signal.signal(signal.SIGALRM, deadline)
+    signal.alarm(int(args.deadline_s))
+    try:
+        return asyncio.run(run(args, work, state))
+    except BaseException:
+        print(f"run failed; data directory kept at {work}", file=sys.stderr)
+        raise
+    finally:
+        signal.alarm(0)
+        for server in state.get("servers", []):
+            server.stop()
+        if "pg_db" in state:
+            asyncio.run(asyncio.wait_for(pg_database(drop=state["pg_db"]), 30))

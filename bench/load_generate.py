@@ -25,7 +25,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from typing import Any
 
 import httpx
 from common import REPO, faces_dir, machine_info, md_table, repo_on_path, write_results
-from gateway_proc import HOST, Server, cli, pg_database
+from gateway_proc import HOST, Server, cli, pg_database, run_under_deadline
 
 DENIED_TERM = "swimsuit"
 EXPECT = {"subject_ref": "released", "no_ref": "released", "stranger_ref": "face.unknown"}
@@ -300,26 +299,9 @@ def main() -> int:
     p.add_argument("--name", default="load_generate", help="results file stem")
     p.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     args = p.parse_args()
-    state: dict[str, Any] = {}
     work = Path(tempfile.mkdtemp(prefix="consentry-load-"))
     info = machine_info()
-
-    def deadline(*_: object) -> None:  # raised in the main thread, wherever it waits
-        raise TimeoutError(f"the overall deadline of {args.deadline_s:g} s passed")
-
-    signal.signal(signal.SIGALRM, deadline)
-    signal.alarm(int(args.deadline_s))
-    try:
-        result = asyncio.run(run(args, work, state))
-    except BaseException:
-        print(f"run failed; data directory kept at {work}", file=sys.stderr)
-        raise
-    finally:
-        signal.alarm(0)
-        for server in state.get("servers", []):
-            server.stop()
-        if "pg_db" in state:
-            asyncio.run(asyncio.wait_for(pg_database(drop=state["pg_db"]), 30))
+    result = run_under_deadline(run, args, work)
     result["machine"], result["data_dir"] = info, str(work) if args.keep else None
     print(markdown(result))
     print("written {} and {}".format(*write_results(args.name, result, markdown(result))))

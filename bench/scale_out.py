@@ -14,11 +14,8 @@ Writes bench/results/scale_out.{json,md}. Exit 0 only when every check passed. L
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
-import signal
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -26,7 +23,7 @@ from typing import Any
 
 import httpx
 from common import machine_info, md_table, write_results
-from gateway_proc import cli, pg_database
+from gateway_proc import cli, run_under_deadline
 from load_generate import check, fire, plan, read_db, setup
 
 
@@ -115,22 +112,9 @@ def main() -> int:
     p.add_argument("--deadline-s", type=float, default=1500.0)
     args = p.parse_args()
     args.db = "postgresql"
-    state: dict[str, Any] = {}
     work = Path(tempfile.mkdtemp(prefix="consentry-scale-"))
     info = machine_info()
-    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("overall deadline passed")))
-    signal.alarm(int(args.deadline_s))
-    try:
-        result = asyncio.run(run(args, work, state))
-    except BaseException:
-        print(f"run failed; data directory kept at {work}", file=sys.stderr)
-        raise
-    finally:
-        signal.alarm(0)
-        for server in state.get("servers", []):
-            server.stop()
-        if "pg_db" in state:
-            asyncio.run(asyncio.wait_for(pg_database(drop=state["pg_db"]), 30))
+    result = run_under_deadline(run, args, work)
     result["machine"] = info
     print(markdown(result))
     print("written {} and {}".format(*write_results("scale_out", result, markdown(result))))

@@ -357,13 +357,19 @@ class HeldGenerator(PhotoGenerator):
         return super().generate(job)
 
 
-async def test_a_full_queue_refuses_at_once_with_gate_busy(build: Build) -> None:
-    held: list[HeldGenerator] = []
+def held_generators(into: list[HeldGenerator]) -> Callable[[Image.Image], HeldGenerator]:
+    """A generator factory for ``build`` that keeps what it made, so the test can let go."""
 
     def make(photo: Image.Image) -> HeldGenerator:
-        held.append(HeldGenerator(photo))
-        return held[-1]
+        into.append(HeldGenerator(photo))
+        return into[-1]
 
+    return make
+
+
+async def test_a_full_queue_refuses_at_once_with_gate_busy(build: Build) -> None:
+    held: list[HeldGenerator] = []
+    make = held_generators(held)
     world = await build(generator=make, generation_concurrency=1, queue_depth=1, queue_wait_s=30)
     first = asyncio.create_task(world.gate.generate(world.p, world.ask()))
     await asyncio.to_thread(held[0].entered.acquire, True, 10)  # the first is in the generator
@@ -383,11 +389,7 @@ async def test_a_full_queue_refuses_at_once_with_gate_busy(build: Build) -> None
 
 async def test_a_queued_request_that_waits_too_long_is_busy_not_a_late_timeout(build: Build) -> None:
     held: list[HeldGenerator] = []
-
-    def make(photo: Image.Image) -> HeldGenerator:
-        held.append(HeldGenerator(photo))
-        return held[-1]
-
+    make = held_generators(held)
     world = await build(generator=make, generation_concurrency=1, queue_depth=4, queue_wait_s=0.2)
     first = asyncio.create_task(world.gate.generate(world.p, world.ask()))
     await asyncio.to_thread(held[0].entered.acquire, True, 10)
