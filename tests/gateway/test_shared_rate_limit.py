@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -119,7 +120,9 @@ async def test_unreachable_limiter_fails_closed() -> None:
 
 
 @pytest.mark.slow
-def test_three_gateway_workers_share_the_rate(redis_up: str, tmp_path, tiny_model, dev_keys) -> None:  # type: ignore[no-untyped-def]
+def test_three_gateway_workers_share_the_rate(
+    redis_up: str, tmp_path: Path, tiny_model: Path, dev_keys: Path
+) -> None:
     """``consentry serve --workers 3`` with ``redis_url``: the workers together admit no more
     than one bucket allows. A request for an unknown subject passes the limiter and then gets
     404, so each answer says whether the limiter let it through (404) or not (429)."""
