@@ -212,7 +212,6 @@ class FlowResult:
     """The decision, and what was released when every step allowed."""
 
     decision: Decision
-    consent: Consent | None = None
     generated: GenerationOutput | None = None
     released: ReleasedImages | None = None
 
@@ -236,4 +235,4 @@ class GenerateFlow:
             )
         except _Halted:
             return FlowResult(trace.decision())
-        return FlowResult(trace.decision(), consent, generated, released)
+        return FlowResult(trace.decision(), generated, released)

@@ -35,10 +35,9 @@ class Loadable(Protocol):
 
 
 class _Lazy(Generic[M]):
-    def __init__(self, build: Callable[[], M], *, owned: bool = True) -> None:
+    def __init__(self, build: Callable[[], M]) -> None:
         self._build = build
         self._model: M | None = None
-        self._owned = owned
         self._lock = threading.Lock()
 
     @property
@@ -70,8 +69,9 @@ class LazyAnalyzer(_Lazy[Analyzer]):
 
 class LazyGenerator(_Lazy[Generator]):
     def __init__(self, build: Callable[[], Generator], *, name: str, owned: bool = True) -> None:
-        super().__init__(build, owned=owned)
+        super().__init__(build)
         self._name = name
+        self._owned = owned
 
     @property
     def name(self) -> str:

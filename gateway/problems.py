@@ -83,10 +83,6 @@ def _retry_headers(p: Problem) -> dict[str, str] | None:
     return {"Retry-After": str(p.extra["retry_after"])} if "retry_after" in p.extra else None
 
 
-def problem(status: int, code: str, detail: str, **extra: Any) -> Response[dict[str, Any]]:
-    return problem_response(Problem(status, code, detail, extra))
-
-
 def problem_response(p: Problem) -> Response[dict[str, Any]]:
     body = {
         "type": f"urn:consentry:problem:{p.code}",

@@ -124,9 +124,7 @@ def evaluate_consent(
             Verdict.refuse(codes.CONSENT_PURPOSE, f"no live grant covers the purpose {purpose!r}")
         )
     grant = covering[0]
-    bad = denied_terms(prompt, [*deployment_deny_terms, *grant.deny_terms])
-    if bad:
-        return ConsentOutcome(
-            Verdict.refuse(codes.CONSENT_PROMPT_DENIED, f"the prompt uses denied terms: {', '.join(bad)}")
-        )
+    prompt_rules = evaluate_prompt(prompt, [*deployment_deny_terms, *grant.deny_terms])
+    if not prompt_rules.allowed:
+        return ConsentOutcome(prompt_rules)
     return ConsentOutcome(Verdict.allow(f"grant {grant.id} covers {purpose!r}"), grant)
