@@ -134,6 +134,20 @@ GENERATION_INVALID_PARAMS = "generation.invalid_params"
 GENERATION_CLOSED = "generation.closed"
 GENERATION_FAILED = "generation.failed"
 GENERATION_SAFETY_FILTERED = "generation.safety_filtered"
+GENERATION_STRENGTH_INVALID = "generation.strength_invalid"
+GENERATION_REFERENCE_REQUIRED = "generation.reference_required"
+GENERATION_MODE_UNAVAILABLE = "generation.mode_unavailable"
+
+# -- adapter: per-identity LoRA adapters and their training jobs -----------------------------------
+ADAPTER_NOT_FOUND = "adapter.not_found"
+ADAPTER_MISSING = "adapter.missing"
+ADAPTER_TRAINING_BUSY = "adapter.training_busy"
+ADAPTER_INVALID_PARAMS = "adapter.invalid_params"
+ADAPTER_PHOTOS_REQUIRED = "adapter.photos_required"
+ADAPTER_TRAINING_FAILED = "adapter.training_failed"
+ADAPTER_INTERRUPTED = "adapter.interrupted"
+ADAPTER_UNREADABLE = "adapter.unreadable"
+ADAPTER_UNSUPPORTED = "adapter.unsupported"
 
 # -- upstream: the HTTP image service the gate forwards approved jobs to (faults, 503) ----------
 UPSTREAM_UNAVAILABLE = "upstream.unavailable"

@@ -20,6 +20,8 @@ class Purpose(StrEnum):
     avatar = "avatar"
     marketing = "marketing"
     editorial = "editorial"
+    adapter_training = "adapter_training"
+    """Train a LoRA adapter of the subject's likeness (a grant to the principal who trains it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,9 @@ class GrantTerms:
     max_uses: int | None
     uses: int
     revoked_at: datetime | None
+    use_enrollment_photos: bool = False
+    """An ``adapter_training`` grant may let the adapter learn from the photos kept at enrollment;
+    otherwise training needs photos supplied with the request."""
 
     def summary(self) -> str:
         return f"grant {self.id} is live and covers this request"
