@@ -54,8 +54,17 @@ def judge_references(
 
 
 def judge_outputs(
-    per_image: Sequence[IdentityScores], *, subject: str, threshold: float, require_face: bool
+    per_image: Sequence[IdentityScores],
+    *,
+    subject: str,
+    threshold: float,
+    require_face: bool,
+    subject_threshold: float | None = None,
 ) -> Verdict:
+    """``threshold`` protects other identities; ``subject_threshold`` (default: the same) is how
+    much like the subject a generated face must be. Generated likenesses score lower against a
+    person's photos than other photos of them do, so deployments set it lower."""
+    likeness = threshold if subject_threshold is None else subject_threshold
     subject_min, other_max, faces = 1.0, -1.0, 0
     for image_no, scores in enumerate(per_image, start=1):
         n = scores.scores.shape[0]
@@ -72,10 +81,11 @@ def judge_outputs(
                     f"a face in output {image_no} matches another protected identity",
                     **_scores(mine, other_score, faces),
                 )
-            if mine < threshold:
+            if mine < likeness:
                 return Verdict.refuse(
                     codes.OUTPUT_MISMATCH,
-                    f"a face in output {image_no} is not the subject (similarity {mine:.3f})",
+                    f"a face in output {image_no} is not the subject "
+                    f"(similarity {mine:.3f} < {likeness:.3f})",
                     **_scores(mine, other_score, faces),
                 )
     reason = f"{faces} face(s) in outputs, all the subject" if faces else "no face in outputs"

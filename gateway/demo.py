@@ -18,8 +18,14 @@ from skimage import data as skdata
 
 from consentry.gateway.flow import STAGES
 from consentry.gateway.gate import Gate, Release
-from consentry.gateway.requests import EnrollmentRequest, GenerationRequest, GrantRequest
+from consentry.gateway.requests import (
+    AdapterTrainingRequest,
+    EnrollmentRequest,
+    GenerationRequest,
+    GrantRequest,
+)
 from consentry.gateway.storage.principals import LOCAL_ACTOR, PrincipalView
+from consentry.generation.base import GenerationMode
 from consentry.policies import codes
 from consentry.policies.config import Settings
 from consentry.policies.consent import Purpose
@@ -49,6 +55,19 @@ def astronaut_variants() -> list[Image.Image]:
         ImageEnhance.Brightness(base).enhance(1.25),
         base.rotate(8, resample=Image.Resampling.BILINEAR, fillcolor=(128, 128, 128)),
         base.crop((40, 0, 472, 432)).resize((512, 512), Image.Resampling.LANCZOS),
+    ]
+
+
+def cameraman_variants() -> list[Image.Image]:
+    """Four views of scikit-image's cameraman (public domain), upscaled so his face passes the
+    enrollment size rule: a second protected person for the demo."""
+    base = Image.fromarray(skdata.camera()).convert("RGB").resize((1024, 1024), Image.Resampling.LANCZOS)
+    base = base.crop((200, 60, 712, 572))
+    return [
+        base,
+        ImageOps.mirror(base),
+        ImageEnhance.Brightness(base).enhance(1.2),
+        base.rotate(6, resample=Image.Resampling.BILINEAR, fillcolor=(128, 128, 128)),
     ]
 
 
@@ -112,7 +131,11 @@ async def run_demo(settings: Settings, out: Path | None) -> int:
     for path, check in zip(released, checks, strict=True):
         mark = check["watermark"]
         record = check["record"] or {}
+        made = check["c2pa"].get("generation") or {}
+        refs = len(check["c2pa"].get("ingredients") or ())
+        adapter = f", adapter {made['adapter_id']}" if made.get("adapter_id") else ""
         print(f"  {path}")
+        print(f"    made by {made.get('mode')}{adapter}; {refs} reference(s) bound by hash, none embedded")
         print(
             f"    C2PA {check['c2pa']['state']}; watermark {mark['payload']} "
             f"(confidence {mark['confidence']:.2f}) -> record {record.get('id')}, "
@@ -127,28 +150,46 @@ async def _stories(gate: Gate) -> list[Story]:
     studio = (await gate.create_principal(operator, "demo-studio", "requester")).principal
     other = (await gate.create_principal(operator, "demo-other-app", "requester")).principal
     views = astronaut_variants()
+    # The astronaut's photos are kept (encrypted) so her adapter_training grant can use them.
     identity = await gate.enroll(
-        operator, EnrollmentRequest(label="astronaut", photos=tuple(_png(v) for v in views[:4]))
-    )
-    grant = await gate.grant(
         operator,
-        GrantRequest(
-            identity_id=identity.id,
-            principal=studio.id,
-            purposes=(Purpose.portrait,),
+        EnrollmentRequest(label="astronaut", photos=tuple(_png(v) for v in views[:4]), keep_photos=True),
+    )
+    cameraman = await gate.enroll(
+        operator, EnrollmentRequest(label="cameraman", photos=tuple(_png(v) for v in cameraman_variants()))
+    )
+
+    async def consent(subject: str, who: PrincipalView, *purposes: Purpose, photos: bool = False) -> str:
+        terms = GrantRequest(
+            identity_id=subject,
+            principal=who.id,
+            purposes=purposes,
             deny_terms=("uniform",),
             attested_by="demo operator",
             consent_text_sha256=hashlib.sha256(b"demo consent").hexdigest(),
-        ),
-    )
+            use_enrollment_photos=photos,
+        )
+        return (await gate.grant(operator, terms)).id
 
-    def ask(prompt: str, refs: list[Image.Image]) -> GenerationRequest:
+    grant = await consent(identity.id, studio, Purpose.portrait, Purpose.adapter_training, photos=True)
+    await consent(identity.id, other, Purpose.avatar)
+    await consent(cameraman.id, studio, Purpose.portrait)
+
+    def ask(prompt: str, refs: list[Image.Image], **how: Any) -> GenerationRequest:
         return GenerationRequest(
-            subject_id=identity.id,
-            purpose=Purpose.portrait,
+            subject_id=how.pop("subject", identity.id),
+            purpose=how.pop("purpose", Purpose.portrait),
             prompt=prompt,
             references=tuple(_png(r) for r in refs),
+            **how,
         )
+
+    # A few steps on the tiny model: enough to show the consent-bound path end to end.
+    trained = await gate.train_adapter(
+        studio, AdapterTrainingRequest(identity_id=identity.id, steps=8, rank=4, prior_images=1)
+    )
+    adapter = await gate.wait_adapter(studio, trained.id)
+    print(f"adapter {adapter.id} of the astronaut: {adapter.status}, {adapter.steps_done} steps")
 
     stories = [
         await _try(
@@ -161,7 +202,26 @@ async def _stories(gate: Gate) -> list[Story]:
         await _try(
             "granted studio, prompt the grant denies", gate, studio, ask("her in uniform", [views[4]])
         ),
+        await _try(
+            "granted studio, img2img from the 5th photo",
+            gate,
+            studio,
+            ask("a portrait in a garden", [views[4]], mode=GenerationMode.img2img, strength=0.6),
+        ),
+        await _try("granted studio, her LoRA adapter", gate, studio, ask("a portrait", [], adapter=True)),
+        await _try(
+            "avatar-only app asks for her adapter",
+            gate,
+            other,
+            ask("a portrait", [], adapter=True),
+        ),
+        await _try(
+            "her photo as cameraman's reference",
+            gate,
+            studio,
+            ask("a portrait", [views[4]], subject=cameraman.id),
+        ),
     ]
-    await gate.revoke(operator, grant.id)
+    await gate.revoke(operator, grant)
     stories.append(await _try("granted studio after revocation", gate, studio, ask("a portrait", [views[4]])))
     return stories

@@ -51,6 +51,11 @@ class GateJob:
     purpose: str | None
     generation: GenerationJob
     """What the generator is asked for; its parameters were checked when the job was built."""
+    reference_files: tuple[bytes, ...] = ()
+    """The uploaded reference files, as sent: the manifest binds them by hash (no pixels)."""
+    adapter_id: str | None = None
+    """The subject's LoRA adapter to load; its weights are decrypted only by the generate step,
+    after consent and the reference check allowed the request."""
     payload: bytes
     """The 8-byte watermark payload that will name the generation record."""
 

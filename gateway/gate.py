@@ -31,25 +31,48 @@ from consentry.gateway.index_cache import IndexCache
 from consentry.gateway.logs import record_id
 from consentry.gateway.metrics import GateMetrics
 from consentry.gateway.models import Loadable
+from consentry.gateway.personalization import AdapterTraining, Progress
 from consentry.gateway.ratelimit import RateLimiter
 from consentry.gateway.release import REFUSED, audit_body
-from consentry.gateway.requests import EnrollmentRequest, GenerationRequest, GrantRequest
+from consentry.gateway.requests import (
+    AdapterTrainingRequest,
+    EnrollmentRequest,
+    GenerationRequest,
+    GrantRequest,
+)
+from consentry.gateway.storage.adapters import Adapters, AdapterView
 from consentry.gateway.storage.audit_log import AuditLog
 from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.principals import IssuedKey, Principals, PrincipalView
 from consentry.gateway.storage.records import Records
 from consentry.gateway.storage.subjects import IdentityView, Subjects
-from consentry.generation.base import GenerationJob, Generator
+from consentry.generation.base import GenerationJob, Generator, capabilities_of
 from consentry.policies import codes
 from consentry.policies.config import Settings
-from consentry.policies.consent import GrantTerms
+from consentry.policies.consent import GrantTerms, Purpose
 from consentry.policies.decision import Decision
-from consentry.policies.errors import BadInputError, GateBusyError, NotFoundError, RefusedError, StageError
-from consentry.policies.roles import Action, require
+from consentry.policies.errors import (
+    BadInputError,
+    ConflictError,
+    GateBusyError,
+    NotFoundError,
+    RefusedError,
+    StageError,
+)
+from consentry.policies.roles import Action, Role, require
 from consentry.provenance.audit import ChainedEvent, ChainReport
 from consentry.provenance.verification import ProvenanceReport, ProvenanceVerifier
 
 log = logging.getLogger("consentry.gate")
+
+
+async def decode_uploads(s: Settings, files: Sequence[bytes]) -> list[Image.Image]:
+    """Decode uploads under the configured limits, off the event loop."""
+
+    def decode_all() -> list[Image.Image]:
+        return [decode_image(d, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels) for d in files]
+
+    return await asyncio.to_thread(decode_all)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +93,8 @@ class GateParts:
     rate_limits: RateLimiter
     admission: Admission
     metrics: GateMetrics
+    adapters: Adapters
+    training: AdapterTraining
     models: Sequence[Loadable] = ()
     """Models to load at warm-up and release at close (lazy holders of analyzer and generator)."""
 
@@ -86,6 +111,8 @@ class Release:
     audit_seq: int
     model: str
     untrained: bool
+    mode: str
+    adapter_id: str | None
 
 
 class Gate:
@@ -102,21 +129,14 @@ class Gate:
             await asyncio.to_thread(model.load)
 
     async def close(self) -> None:
+        await self.parts.training.close()  # running jobs end as interrupted, leaving no adapter
         for model in self.parts.models:
             model.close()
         await self.parts.rate_limits.close()
         await self.parts.db.dispose()
 
     async def _decode(self, files: Sequence[bytes]) -> list[Image.Image]:
-        """Decode uploads under the configured limits, off the event loop."""
-        s = self.settings
-
-        def decode_all() -> list[Image.Image]:
-            return [
-                decode_image(d, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels) for d in files
-            ]
-
-        return await asyncio.to_thread(decode_all)
+        return await decode_uploads(self.settings, files)
 
     async def readiness(self) -> Readiness:
         """Database reachable, models loaded, signed audit head valid: constant cost."""
@@ -162,10 +182,15 @@ class Gate:
         )
         embedder = self.analyzer.embedder.name
         details = {"embedder": embedder, "photos": len(images)}
-        return await self.subjects.enroll(req.label, templates, embedder, actor.id, details)
+        photos = req.photos if req.keep_photos else ()
+        return await self.subjects.enroll(req.label, templates, embedder, actor.id, details, photos=photos)
 
     async def grant(self, actor: PrincipalView, req: GrantRequest) -> GrantTerms:
         require(actor.role, Action.grant)
+        if req.use_enrollment_photos and Purpose.adapter_training not in req.purposes:
+            raise BadInputError(
+                "use_enrollment_photos needs the adapter_training purpose", code=codes.GRANT_PURPOSE_INVALID
+            )
         try:
             grantee = await self.principals.get(req.principal)
         except NotFoundError:
@@ -184,6 +209,7 @@ class Gate:
             max_uses=req.max_uses,
             evidence=evidence,
             actor=actor.id,
+            use_enrollment_photos=req.use_enrollment_photos,
         )
 
     async def erase(self, actor: PrincipalView, identity_id: str) -> dict[str, int]:
@@ -210,6 +236,7 @@ class Gate:
             raise BadInputError(
                 f"at most {s.max_references} reference images", code=codes.INPUT_TOO_MANY_REFERENCES
             )
+        adapter_id = await self._adapter_for(req, subject)
         references = tuple(await self._decode(req.references))
         job = GateJob(
             request_id=f"gen_{secrets.token_hex(8)}",
@@ -227,7 +254,11 @@ class Gate:
                 num_images=req.num_images,
                 guidance_scale=s.guidance_scale,
                 references=references,
+                mode=req.mode,
+                strength=req.strength,
             ),
+            reference_files=req.references,
+            adapter_id=adapter_id,
             payload=secrets.token_bytes(8),
         )
         record_id.set(job.request_id)
@@ -257,7 +288,38 @@ class Gate:
             audit_seq=released.audit_seq,
             model=generated.model,
             untrained=generated.untrained,
+            mode=generated.mode.value,
+            adapter_id=generated.adapter_id,
         )
+
+    async def _adapter_for(self, req: GenerationRequest, subject: IdentityView | None) -> str | None:
+        """Check what the request asks of the generator, before anything is audited; with
+        ``adapter``, the subject's newest ready adapter (consent to use it is the flow's job)."""
+        if req.purpose is Purpose.adapter_training:
+            raise BadInputError(
+                "adapter_training is a purpose for training adapters, not for generating",
+                code=codes.INPUT_PURPOSE_INVALID,
+            )
+        capabilities = capabilities_of(self.generator)
+        if req.mode not in capabilities.modes:
+            raise BadInputError(
+                f"this deployment's generator does not offer mode {req.mode.value}",
+                code=codes.GENERATION_MODE_UNAVAILABLE,
+            )
+        if not req.adapter:
+            return None
+        if subject is None:
+            raise BadInputError("adapter needs a subject_id: whose adapter?", code=codes.ADAPTER_MISSING)
+        if not capabilities.adapters:
+            raise BadInputError(
+                "this deployment's generator cannot load adapters", code=codes.ADAPTER_UNSUPPORTED
+            )
+        if subject.status == "erased":
+            raise ConflictError(f"identity {subject.id} is erased", code=codes.IDENTITY_ERASED)
+        ready = await self.parts.adapters.latest_ready(subject.id)
+        if ready is None:
+            raise ConflictError(f"identity {subject.id} has no trained adapter", code=codes.ADAPTER_MISSING)
+        return ready.id
 
     async def _refuse(self, job: GateJob, decision: Decision) -> NoReturn:
         """Audit the refusal, then raise it: a rule's refusal is 403, a fault 503."""
@@ -271,6 +333,41 @@ class Gate:
         raise error_cls(
             f"{name}: {verdict.reason}", code=verdict.code, stages=decision.as_dict(), audit_seq=event.seq
         )
+
+    # -- adapters -------------------------------------------------------------------------------
+
+    async def train_adapter(self, actor: PrincipalView, req: AdapterTrainingRequest) -> AdapterView:
+        """Start training the subject's LoRA adapter in the background (status ``training``)."""
+        require(actor.role, Action.train_adapter)
+        return await self.parts.training.start(actor, req)
+
+    async def adapter(self, actor: PrincipalView, adapter_id: str) -> AdapterView:
+        require(actor.role, Action.read_adapters)
+        view = await self.parts.adapters.get(adapter_id)
+        if actor.role == Role.requester and view.principal_id != actor.id:
+            # A requester sees only its own adapters; another's is not even said to exist.
+            raise NotFoundError(f"no adapter {adapter_id}", code=codes.ADAPTER_NOT_FOUND)
+        return view
+
+    async def wait_adapter(
+        self, actor: PrincipalView, adapter_id: str, on_progress: Progress | None = None
+    ) -> AdapterView:
+        """Wait for a training job of this process to end, reporting its progress."""
+        await self.adapter(actor, adapter_id)
+        return await self.parts.training.wait(adapter_id, on_progress)
+
+    async def list_adapters(self, actor: PrincipalView, identity_id: str | None = None) -> list[AdapterView]:
+        require(actor.role, Action.read_adapters)
+        if identity_id is not None:
+            await self.subjects.get(identity_id)  # 404 for an unknown identity
+        views = await self.parts.adapters.list(identity_id)
+        if actor.role == Role.requester:
+            views = [v for v in views if v.principal_id == actor.id]
+        return views
+
+    async def delete_adapter(self, actor: PrincipalView, adapter_id: str) -> None:
+        require(actor.role, Action.delete_adapter)
+        await self.parts.adapters.delete(adapter_id, actor.id)
 
     # -- audit and provenance -------------------------------------------------------------------
 

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from PIL import Image
 
 from consentry.detectors.analyzer import AnalyzedImage, Analyzer
 from consentry.detectors.embedders import Embedder
-from consentry.generation.base import GenerationJob, GenerationOutput, Generator
+from consentry.generation.base import (
+    GenerationJob,
+    GenerationOutput,
+    Generator,
+    GeneratorCapabilities,
+    capabilities_of,
+)
+from consentry.generation.lora_training import LoraTrainingConfig, TrainedAdapter
 
 M = TypeVar("M")
 
@@ -81,8 +88,27 @@ class LazyGenerator(_Lazy[Generator]):
     def untrained(self) -> bool:
         return self.model.untrained
 
+    @property
+    def capabilities(self) -> GeneratorCapabilities:
+        return capabilities_of(self.model)
+
     def generate(self, job: GenerationJob) -> GenerationOutput:
         return self.model.generate(job)
+
+    def train_adapter(
+        self,
+        photos: Sequence[Image.Image],
+        config: LoraTrainingConfig,
+        *,
+        progress: Callable[[int, int, float], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> TrainedAdapter:
+        """Train with the held model (only called when its capabilities say it trains)."""
+        trainer: Any = self.model
+        result: TrainedAdapter = trainer.train_adapter(
+            photos, config, progress=progress, should_stop=should_stop
+        )
+        return result
 
     def close(self) -> None:
         # Close only what this holder built: an injected generator belongs to whoever made it.

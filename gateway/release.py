@@ -40,6 +40,8 @@ def audit_body(job: GateJob, decision: Decision, *, keep_prompt: bool) -> dict[s
         "purpose": job.purpose,
         "prompt_sha256": hashlib.sha256(job.generation.prompt.encode()).hexdigest(),
         "references": len(job.generation.references),
+        "mode": job.generation.mode.value,
+        "adapter_id": job.adapter_id,
         "decision": decision.code,
         "stages": decision.as_dict(),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from consentry.generation.base import GenerationMode
 from consentry.policies.consent import Purpose
 
 
@@ -21,6 +22,9 @@ class EnrollmentRequest:
     """The operator's label for the identity; never leaves the gateway."""
     photos: tuple[bytes, ...]
     """Image files (JPEG, PNG, ...), each with exactly one face."""
+    keep_photos: bool = False
+    """Keep the photos, encrypted under the identity's data key, so that an ``adapter_training``
+    grant with ``use_enrollment_photos`` can train on them; erasure destroys them."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,6 +42,8 @@ class GrantRequest:
     deny_terms: tuple[str, ...] = ()
     expires_at: datetime | None = None
     max_uses: int | None = None
+    use_enrollment_photos: bool = False
+    """With ``adapter_training``: the adapter may learn from the photos kept at enrollment."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,3 +67,23 @@ class GenerationRequest:
     num_images: int = 1
     references: tuple[bytes, ...] = field(default=())
     """Reference photo files of the subject."""
+    mode: GenerationMode = GenerationMode.txt2img
+    """``img2img`` starts from the first reference photo; ``ip_adapter`` conditions on them."""
+    strength: float = 0.6
+    """img2img: how far the reference is re-drawn, in (0, 1]."""
+    adapter: bool = False
+    """Use the subject's LoRA adapter (trained under an ``adapter_training`` grant)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdapterTrainingRequest:
+    """Train a LoRA adapter of a subject who granted ``adapter_training`` to the caller. ``None``
+    parameters take the settings' defaults."""
+
+    identity_id: str
+    photos: tuple[bytes, ...] = ()
+    """Training photos, each passing the reference face rules for the subject; empty means the
+    photos kept at enrollment, which the grant must allow (``use_enrollment_photos``)."""
+    steps: int | None = None
+    rank: int | None = None
+    prior_images: int | None = None

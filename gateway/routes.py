@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from litestar import Controller, MediaType, Request, Response, get, post
+from litestar import Controller, MediaType, Request, Response, delete, get, post
 from litestar.params import Parameter
 from litestar.types import ControllerRouterHandler
 
@@ -14,7 +14,10 @@ from consentry.gateway.gate import Gate
 from consentry.gateway.health import Readiness
 from consentry.gateway.metrics import CONTENT_TYPE
 from consentry.gateway.schemas import (
+    AdapterBody,
+    AdapterOut,
     AuditReportOut,
+    DeletedOut,
     EnrollBody,
     ErasedOut,
     GenerateBody,
@@ -31,6 +34,7 @@ from consentry.gateway.schemas import (
     VerdictOut,
     VerifyBody,
 )
+from consentry.gateway.storage.adapters import AdapterView
 from consentry.gateway.storage.principals import PrincipalView
 
 PathId = Parameter(max_length=40)
@@ -160,11 +164,50 @@ class GenerateController(Controller):
             watermark=release.watermark,
             model=release.model,
             untrained=release.untrained,
+            mode=release.mode,
+            adapter_id=release.adapter_id,
             audit_seq=release.audit_seq,
             stages={name: VerdictOut(**v) for name, v in release.decision.as_dict().items()},
             images=[base64.b64encode(b).decode() for b in release.images],
             media_type="image/png",
         )
+
+
+def adapter_out(view: AdapterView) -> AdapterOut:
+    return AdapterOut(**view.as_dict())
+
+
+class AdapterController(Controller):
+    path = "/v1"
+    tags = ["adapters"]
+
+    @post(
+        "/identities/{identity_id:str}/adapters",
+        status_code=202,
+        summary="Train the subject's LoRA adapter in the background (needs an adapter_training grant)",
+    )
+    async def train(
+        self, data: AdapterBody, gate: Gate, principal: PrincipalView, identity_id: str = PathId
+    ) -> AdapterOut:
+        return adapter_out(await gate.train_adapter(principal, data.to_request(identity_id)))
+
+    @get("/adapters", summary="Adapters (a requester sees its own), optionally of one identity")
+    async def list_adapters(
+        self,
+        gate: Gate,
+        principal: PrincipalView,
+        identity_id: str | None = Parameter(default=None, max_length=40),
+    ) -> list[AdapterOut]:
+        return [adapter_out(v) for v in await gate.list_adapters(principal, identity_id)]
+
+    @get("/adapters/{adapter_id:str}", summary="An adapter and its training job's status and progress")
+    async def show(self, gate: Gate, principal: PrincipalView, adapter_id: str = PathId) -> AdapterOut:
+        return adapter_out(await gate.adapter(principal, adapter_id))
+
+    @delete("/adapters/{adapter_id:str}", status_code=200, summary="Delete an adapter and its weights")
+    async def remove(self, gate: Gate, principal: PrincipalView, adapter_id: str = PathId) -> DeletedOut:
+        await gate.delete_adapter(principal, adapter_id)
+        return DeletedOut(id=adapter_id, deleted=True)
 
 
 class ProvenanceController(Controller):
@@ -188,5 +231,6 @@ CONTROLLERS: list[ControllerRouterHandler] = [
     KeysController,
     ConsentController,
     GenerateController,
+    AdapterController,
     ProvenanceController,
 ]

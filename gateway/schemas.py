@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from consentry.gateway import requests as core
+from consentry.generation.base import GenerationMode
 from consentry.policies import codes
 from consentry.policies.consent import Purpose
 from consentry.policies.errors import BadInputError
@@ -57,9 +58,15 @@ class Strict(BaseModel):
 class EnrollBody(Strict):
     label: Name = Field(description="operator's label; never leaves the gateway")
     photos: list[B64Image] = Field(min_length=1, max_length=MAX_ENROLL_PHOTOS)
+    keep_photos: bool = Field(
+        default=False,
+        description="keep the photos, encrypted under the identity's key, for adapter training",
+    )
 
     def to_request(self) -> core.EnrollmentRequest:
-        return core.EnrollmentRequest(label=self.label, photos=_files(self.photos, "photo"))
+        return core.EnrollmentRequest(
+            label=self.label, photos=_files(self.photos, "photo"), keep_photos=self.keep_photos
+        )
 
 
 class GrantBody(Strict):
@@ -71,6 +78,9 @@ class GrantBody(Strict):
     max_uses: int | None = Field(default=None, ge=1, le=1_000_000)
     attested_by: Name = Field(description="who collected the consent")
     consent_text_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hash of the consent text shown")
+    use_enrollment_photos: bool = Field(
+        default=False, description="with adapter_training: the adapter may learn from enrollment photos"
+    )
 
     @field_validator("expires_at")
     @classmethod
@@ -91,6 +101,7 @@ class GrantBody(Strict):
             deny_terms=tuple(self.deny_terms),
             expires_at=self.expires_at,
             max_uses=self.max_uses,
+            use_enrollment_photos=self.use_enrollment_photos,
         )
 
 
@@ -112,6 +123,13 @@ class GenerateBody(Strict):
     height: Side | None = None
     num_images: int = Field(default=1, ge=1, le=MAX_IMAGES)
     references: list[B64Image] = Field(default=[], max_length=MAX_REFERENCES)
+    mode: GenerationMode = Field(
+        default=GenerationMode.txt2img,
+        description="img2img starts from the first reference; ip_adapter conditions on the references",
+    )
+    # The range (0, 1] is checked by the generation job, with its own stable code.
+    strength: float = Field(default=0.6, description="img2img: how far the reference is re-drawn, in (0, 1]")
+    adapter: bool = Field(default=False, description="use the subject's trained LoRA adapter")
 
     def to_request(self) -> core.GenerationRequest:
         return core.GenerationRequest(
@@ -125,6 +143,30 @@ class GenerateBody(Strict):
             height=self.height,
             num_images=self.num_images,
             references=_files(self.references, "reference"),
+            mode=self.mode,
+            strength=self.strength,
+            adapter=self.adapter,
+        )
+
+
+class AdapterBody(Strict):
+    photos: list[B64Image] = Field(
+        default=[],
+        max_length=MAX_ENROLL_PHOTOS,
+        description="training photos of the subject; none: the enrollment photos, if the grant allows",
+    )
+    # Ranges are checked by the training configuration, with the code adapter.invalid_params.
+    steps: int | None = None
+    rank: int | None = None
+    prior_images: int | None = None
+
+    def to_request(self, identity_id: str) -> core.AdapterTrainingRequest:
+        return core.AdapterTrainingRequest(
+            identity_id=identity_id,
+            photos=_files(self.photos, "photo"),
+            steps=self.steps,
+            rank=self.rank,
+            prior_images=self.prior_images,
         )
 
 
@@ -172,6 +214,11 @@ class RevokedOut(BaseModel):
     revoked: bool
 
 
+class DeletedOut(BaseModel):
+    id: str
+    deleted: bool
+
+
 class IdentityOut(BaseModel):
     id: str
     label: str
@@ -204,11 +251,33 @@ class VerdictOut(BaseModel):
     fault: bool
 
 
+class AdapterOut(BaseModel):
+    id: str
+    identity_id: str
+    grant_id: str = Field(description="the adapter_training grant it was trained under")
+    principal_id: str
+    status: str = Field(description="training, ready or failed")
+    steps: int
+    steps_done: int = Field(description="progress of the training job")
+    rank: int
+    prior_images: int
+    loss: float | None
+    photos_source: str = Field(description="enrollment or request")
+    photos: int
+    error_code: str | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
 class GenerateOut(BaseModel):
     record_id: str
     watermark: str = Field(description="hex payload of the invisible watermark; it names the record")
     model: str
     untrained: bool
+    mode: str = Field(description="txt2img, img2img or ip_adapter")
+    adapter_id: str | None = Field(description="the subject's LoRA adapter used, if any")
     audit_seq: int
     stages: dict[str, VerdictOut] = Field(description="every stage's verdict, in flow order")
     images: list[str] = Field(description="base64 PNG files, each with a signed C2PA manifest")

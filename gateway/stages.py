@@ -11,19 +11,25 @@ import asyncio
 import hashlib
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Protocol
 
 from PIL import Image
 
 from consentry.detectors.analyzer import Analyzer
+from consentry.detectors.images import sniff_mime
 from consentry.detectors.index import IdentityScores
 from consentry.detectors.verification import judge_outputs, judge_references, judge_unnamed
 from consentry.gateway.flow import GateJob, Refusal
 from consentry.gateway.index_cache import IndexCache
 from consentry.gateway.storage.subjects import Subjects
-from consentry.generation.base import GenerationOutput, Generator
+from consentry.generation.base import AdapterWeights, GenerationMode, GenerationOutput, Generator
+from consentry.policies import codes
 from consentry.policies.consent import Consent, evaluate_consent, evaluate_prompt
 from consentry.policies.decision import Verdict
+from consentry.policies.errors import StageError
+from consentry.provenance.ingredients import ReferenceIngredient
 from consentry.provenance.keys import SigningMaterial
 from consentry.provenance.manifest import ManifestInfo, sign_image
 from consentry.provenance.outputs import MarkedImages, SignedImages
@@ -92,14 +98,29 @@ class ReferenceFacesStage:
         )
 
 
-class GenerateStage:
-    """Hand the approved job to the configured generator (it knows nothing of consent)."""
+class AdapterWeightsSource(Protocol):
+    async def open_weights(self, adapter_id: str) -> bytes:
+        """The adapter's weights, decrypted in memory (never to disk)."""
+        ...
 
-    def __init__(self, generator: Generator) -> None:
+
+class GenerateStage:
+    """Hand the approved job to the configured generator (it knows nothing of consent). A job
+    that asks for the subject's adapter gets its weights decrypted here, in memory, for this job
+    only: consent and the reference check have already allowed it."""
+
+    def __init__(self, generator: Generator, adapters: AdapterWeightsSource | None = None) -> None:
         self.generator = generator
+        self.adapters = adapters
 
     async def run(self, job: GateJob) -> GenerationOutput:
-        return await asyncio.to_thread(self.generator.generate, job.generation)
+        work = job.generation
+        if job.adapter_id is not None:
+            if self.adapters is None:
+                raise StageError("this gate stores no adapters", code=codes.ADAPTER_UNSUPPORTED)
+            weights = await self.adapters.open_weights(job.adapter_id)
+            work = replace(work, adapter=AdapterWeights(job.adapter_id, weights))
+        return await asyncio.to_thread(self.generator.generate, work)
 
 
 class OutputFacesStage:
@@ -114,9 +135,11 @@ class OutputFacesStage:
         *,
         require_face: bool,
         allow_unknown_unnamed: bool,
+        subject_threshold: float | None = None,
     ) -> None:
         self.analyzer, self.index, self.threshold = analyzer, index, threshold
         self.require_face, self.allow_unknown_unnamed = require_face, allow_unknown_unnamed
+        self.subject_threshold = subject_threshold
 
     async def check(self, job: GateJob, generated: GenerationOutput) -> Verdict:
         scores = await _score(self.analyzer, self.index, generated.images)
@@ -125,7 +148,11 @@ class OutputFacesStage:
                 scores, threshold=self.threshold, allow_unknown=self.allow_unknown_unnamed, outputs=True
             )
         return judge_outputs(
-            scores, subject=job.subject.id, threshold=self.threshold, require_face=self.require_face
+            scores,
+            subject=job.subject.id,
+            threshold=self.threshold,
+            require_face=self.require_face,
+            subject_threshold=self.subject_threshold,
         )
 
 
@@ -149,6 +176,21 @@ class WatermarkStage:
             algorithm=self.watermarker.algorithm,
             key_id=self.watermarker.current_key_id,
         )
+
+
+def _used_references(job: GateJob, mode: GenerationMode) -> tuple[ReferenceIngredient, ...]:
+    """The reference files the model actually used, bound into the manifest by hash only:
+    img2img starts from the first, IP-Adapter conditions on all, text-to-image uses none (its
+    references were only checked)."""
+    if mode is GenerationMode.txt2img:
+        return ()
+    files = job.reference_files[:1] if mode is GenerationMode.img2img else job.reference_files
+    mimes = [sniff_mime(f) for f in files]
+    # A decodable format Pillow has no MIME type for is still an image.
+    return tuple(
+        ReferenceIngredient(data=f, media_type=m if m.startswith("image/") else "image/x-unknown")
+        for f, m in zip(files, mimes, strict=True)
+    )
 
 
 class SignStage:
@@ -180,6 +222,9 @@ class SignStage:
             purpose=job.purpose,
             verifier_scores=dict(scores.scores),
             policy_version=POLICY_VERSION,
+            mode=generated.mode,
+            adapter_id=generated.adapter_id,
+            references=_used_references(job, generated.mode),
         )
 
         def sign_all() -> tuple[bytes, ...]:

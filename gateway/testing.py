@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,8 +28,11 @@ from PIL import Image
 from consentry.detectors.analyzer import AnalyzedImage
 from consentry.detectors.detection import DetectedFace
 from consentry.gateway.flow import GateJob
-from consentry.generation.base import GenerationJob, GenerationOutput
+from consentry.generation.base import GenerationJob, GenerationMode, GenerationOutput, GeneratorCapabilities
+from consentry.generation.lora_training import LoraTrainingConfig, TrainedAdapter
+from consentry.policies import codes
 from consentry.policies.decision import Verdict
+from consentry.policies.errors import StageError
 
 FAKE_DIM = 128
 
@@ -114,14 +117,23 @@ class FingerprintAnalyzer:
 
 class PhotoGenerator:
     """A :class:`~consentry.generation.base.Generator` that draws ``photo`` for every image asked
-    for, whatever the prompt (register the photo with the analyzer to say who it shows)."""
+    for, whatever the prompt or mode (register the photo with the analyzer to say who it shows).
+
+    It also "trains" adapters: :meth:`train_adapter` reports progress step by step (``step_s``
+    apart), stops when asked, and returns weights derived from the photos' pixels and the
+    configuration, so the storage, encryption and consent around training run for real."""
 
     untrained = False
+    capabilities = GeneratorCapabilities(modes=frozenset(GenerationMode), adapters=True)
 
-    def __init__(self, photo: Image.Image, name: str = "fake-photo-generator") -> None:
+    def __init__(
+        self, photo: Image.Image, name: str = "fake-photo-generator", *, step_s: float = 0.0
+    ) -> None:
         self.photo = photo.convert("RGB")
         self.name = name
+        self.step_s = step_s
         self.jobs: list[GenerationJob] = []
+        self.trained_on: list[tuple[str, ...]] = []
 
     def generate(self, job: GenerationJob) -> GenerationOutput:
         self.jobs.append(job)
@@ -135,6 +147,38 @@ class PhotoGenerator:
             seed=job.seed,
             steps=job.steps,
             elapsed_ms=elapsed,
+            mode=job.mode,
+            adapter_id=job.adapter.id if job.adapter else None,
+        )
+
+    def train_adapter(
+        self,
+        photos: Sequence[Image.Image],
+        config: LoraTrainingConfig,
+        *,
+        progress: Callable[[int, int, float], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> TrainedAdapter:
+        prints = tuple(fingerprint(p) for p in photos)
+        self.trained_on.append(prints)
+        start = time.perf_counter()
+        for step in range(1, config.steps + 1):
+            if should_stop is not None and should_stop():
+                raise StageError("training was stopped", code=codes.ADAPTER_INTERRUPTED)
+            time.sleep(self.step_s)
+            if progress is not None:
+                progress(step, config.steps, 1.0 / step)
+        digest = hashlib.sha256(repr((prints, config.rank, config.steps)).encode()).digest()
+        return TrainedAdapter(
+            weights=b"fake-lora:" + digest,
+            rank=config.rank,
+            steps=config.steps,
+            prior_images=config.prior_images,
+            instance_prompt=config.instance_prompt,
+            instance_loss=1.0 / config.steps,
+            prior_loss=None if config.prior_images == 0 else 0.5,
+            elapsed_ms=(time.perf_counter() - start) * 1000.0,
+            peak_memory_bytes=0,
         )
 
     def close(self) -> None:

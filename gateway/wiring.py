@@ -6,9 +6,10 @@ receive finished components and never reach back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from diffusers.utils import logging as diffusers_logging
+from PIL import Image
 from transformers.utils import logging as transformers_logging
 
 from consentry.detectors.analyzer import Analyzer, FaceAnalyzer
@@ -18,10 +19,11 @@ from consentry.detectors.facenet_embedder import FacenetEmbedder
 from consentry.gateway import __version__
 from consentry.gateway.admission import Admission
 from consentry.gateway.flow import GenerateFlow, Stages
-from consentry.gateway.gate import Gate, GateParts
+from consentry.gateway.gate import Gate, GateParts, decode_uploads
 from consentry.gateway.index_cache import IndexCache
 from consentry.gateway.metrics import GateMetrics
 from consentry.gateway.models import LazyAnalyzer, LazyGenerator
+from consentry.gateway.personalization import AdapterTraining
 from consentry.gateway.ratelimit import RateLimiter, RedisTokenBuckets, TokenBuckets
 from consentry.gateway.release import ReleaseStage
 from consentry.gateway.stages import (
@@ -32,14 +34,16 @@ from consentry.gateway.stages import (
     SignStage,
     WatermarkStage,
 )
+from consentry.gateway.storage.adapters import Adapters
 from consentry.gateway.storage.audit_log import AuditLog
 from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.principals import Principals
 from consentry.gateway.storage.records import Records
 from consentry.gateway.storage.subjects import Subjects
 from consentry.gateway.storage.vault import TemplateVault, load_master_key
-from consentry.generation.base import Generator
+from consentry.generation.base import Generator, capabilities_of
 from consentry.generation.diffusers_backend import DiffusersTextToImage
+from consentry.generation.ip_adapter_condition import IPAdapterCondition
 from consentry.policies import codes
 from consentry.policies.config import EmbedderKind, Settings, UnknownFaces
 from consentry.policies.errors import ConfigurationError
@@ -72,7 +76,9 @@ def build_generator(settings: Settings) -> Generator:
 
     kind = settings.generator
     if kind is GeneratorKind.local:
-        return DiffusersTextToImage(settings.model_dir, device=settings.device)
+        return DiffusersTextToImage(
+            settings.model_dir, device=settings.device, ip_adapter=build_ip_adapter(settings)
+        )
     url = settings.upstream_url
     if not url:
         raise ConfigurationError(
@@ -94,6 +100,19 @@ def build_generator(settings: Settings) -> Generator:
     return UpstreamA1111(url, timeout_s=timeout_s, retries=retries, untrained=untrained)
 
 
+def build_ip_adapter(settings: Settings) -> IPAdapterCondition | None:
+    """The IP-Adapter for ``mode=ip_adapter``, when the deployment gives its weights by path."""
+    weights, encoder = settings.ip_adapter_weights, settings.ip_adapter_image_encoder
+    if weights is None and encoder is None:
+        return None
+    if weights is None or encoder is None:
+        raise ConfigurationError(
+            "ip_adapter_weights and ip_adapter_image_encoder go together: set both or neither",
+            code=codes.MODEL_WEIGHTS_MISSING,
+        )
+    return IPAdapterCondition(weights, encoder, scale=settings.ip_adapter_scale)
+
+
 def build_stages(
     settings: Settings,
     *,
@@ -103,6 +122,7 @@ def build_stages(
     index: IndexCache,
     generator: Generator,
     watermarker: Watermarker,
+    adapters: Adapters,
 ) -> Stages:
     """The implementation of each step of :class:`GenerateFlow`, from the settings."""
     s, keys_dir = settings, settings.keys_dir
@@ -111,13 +131,14 @@ def build_stages(
         references=ReferenceFacesStage(
             analyzer, index, s.match_threshold, allow_unknown=s.unknown_faces is UnknownFaces.allow
         ),
-        generate=GenerateStage(generator),
+        generate=GenerateStage(generator, adapters),
         outputs=OutputFacesStage(
             analyzer,
             index,
             s.match_threshold,
             require_face=s.require_output_face,
             allow_unknown_unnamed=s.unknown_output_faces is UnknownFaces.allow,
+            subject_threshold=s.output_match_threshold,
         ),
         watermark=WatermarkStage(watermarker),
         sign=SignStage(lambda: load_signing_material(keys_dir), __version__),
@@ -163,7 +184,11 @@ async def open_gate(
         settings.audit_checkpoint_every,
         observe=metrics.audit_append_seconds.observe,
     )
-    subjects = Subjects(db, TemplateVault(load_master_key(keys_dir)), audit)
+    vault = TemplateVault(load_master_key(keys_dir))
+    adapters = Adapters(db, vault, audit, settings.adapters_dir)
+    subjects = Subjects(db, vault, audit, adapters_dir=settings.adapters_dir)
+    # Jobs of a process that died mid-training: failed, so they block nothing and leave nothing.
+    await adapters.mark_interrupted(settings.adapter_stale_after_s)
     records = Records(db)
     lazy_analyzer = LazyAnalyzer(
         (lambda: analyzer) if analyzer is not None else lambda: build_analyzer(settings)
@@ -183,12 +208,27 @@ async def open_gate(
         index=index,
         generator=lazy_generator,
         watermarker=watermarker,
+        adapters=adapters,
     )
     if adjust_stages is not None:
         stages = adjust_stages(stages)
     admission = Admission(settings.generation_concurrency, settings.queue_depth, settings.queue_wait_s)
     metrics.queue_depth.set_function(lambda: admission.queued)
     anchors = load_trust_anchors(settings.trust_anchors, keys_dir, settings.trust_dev_ca)
+
+    async def decode(files: Sequence[bytes]) -> list[Image.Image]:
+        return await decode_uploads(settings, files)
+
+    training = AdapterTraining(
+        settings=settings,
+        subjects=subjects,
+        adapters=adapters,
+        audit=audit,
+        analyzer=lazy_analyzer,
+        index=index,
+        trainer=lambda: lazy_generator if capabilities_of(lazy_generator).adapters else None,
+        decode=decode,
+    )
     return Gate(
         GateParts(
             settings=settings,
@@ -205,6 +245,8 @@ async def open_gate(
             rate_limits=build_rate_limiter(settings),
             admission=admission,
             metrics=metrics,
+            adapters=adapters,
+            training=training,
             models=(lazy_analyzer, lazy_generator),
         )
     )

@@ -50,6 +50,7 @@ ROUTE_METHOD_NOT_ALLOWED = "route.method_not_allowed"
 # -- input: the request or a CLI argument cannot be used (400) -----------------------------------
 INPUT_INVALID = "input.invalid"
 INPUT_PURPOSE_REQUIRED = "input.purpose_required"
+INPUT_PURPOSE_INVALID = "input.purpose_invalid"
 INPUT_RESPONSE_FORMAT_UNSUPPORTED = "input.response_format_unsupported"
 INPUT_UNKNOWN_MODEL = "input.unknown_model"
 INPUT_MALFORMED_JSON = "input.malformed_json"

@@ -24,6 +24,9 @@ class Action(StrEnum):
     generate = "generate"
     read_audit = "read_audit"
     verify_provenance = "verify_provenance"
+    train_adapter = "train_adapter"
+    read_adapters = "read_adapters"
+    delete_adapter = "delete_adapter"
 
 
 PERMISSIONS: dict[Action, frozenset[Role]] = {
@@ -35,6 +38,10 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.generate: frozenset({Role.requester}),
     Action.read_audit: frozenset({Role.admin, Role.auditor}),
     Action.verify_provenance: frozenset({Role.admin, Role.auditor, Role.operator, Role.requester}),
+    # A requester trains (under its own adapter_training grant) and sees only its own adapters.
+    Action.train_adapter: frozenset({Role.requester}),
+    Action.read_adapters: frozenset({Role.admin, Role.operator, Role.auditor, Role.requester}),
+    Action.delete_adapter: frozenset({Role.admin, Role.operator}),
 }
 
 

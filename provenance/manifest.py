@@ -1,8 +1,11 @@
 """Build, sign and read the C2PA manifest every released image carries.
 
-The manifest says the image was *created* as ``trainedAlgorithmicMedia``, by which model (and
-whether that model was untrained), binds itself softly to the invisible watermark, and carries a
-consent assertion that names the consent record only by hash: no biometrics, no names.
+The manifest says the image was *created* as ``trainedAlgorithmicMedia`` (or, for img2img,
+``compositeWithTrainedAlgorithmicMedia``), by which model (and whether that model was untrained),
+in which mode and with which of the subject's adapters (by id), binds itself softly to the
+invisible watermark, and carries a consent assertion that names the consent record only by hash:
+no biometrics, no names. Reference photos are ingredients bound by hash, never embedded (see
+:mod:`provenance.ingredients`).
 
 Signing goes through a callback (:class:`ClaimSigner`), so the private key can live in a KMS or
 HSM; there is no timestamp authority and every fetching option of the SDK is switched off, so
@@ -23,11 +26,20 @@ import c2pa
 
 from consentry.policies import codes
 from consentry.policies.errors import BadInputError, ConsentryError, InvalidImageError, StageError
+from consentry.provenance.ingredients import (
+    MODES,
+    ReferenceIngredient,
+    check_personalization,
+    created_action,
+    ingredient_definitions,
+    read_ingredients,
+    read_source_type,
+)
+from consentry.provenance.ingredients import TRAINED_ALGORITHMIC_MEDIA as TRAINED_ALGORITHMIC_MEDIA
 
 CONSENT_LABEL = "org.consentry.consent"
 GENERATION_LABEL = "org.consentry.generation"
 SOFT_BINDING_LABEL = "c2pa.soft-binding"
-TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 MAX_SCORES = 16  # scores are a handful of similarities, never an embedding smuggled in as floats
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -82,9 +94,20 @@ class ManifestInfo:
     purpose: str | None
     verifier_scores: Mapping[str, float] = field(default_factory=dict)
     policy_version: str = ""
+    mode: str = "txt2img"
+    """One of :data:`MODES` (a ``GenerationMode`` is accepted and stored as its plain value)."""
+    adapter_id: str | None = None
+    """The id of the subject's LoRA adapter the job loaded (never its weights), or None."""
+    references: tuple[ReferenceIngredient, ...] = ()
+    """The reference photos the model took as input, in order; only their hashes are signed."""
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = check_personalization(self.mode, self.adapter_id, self.references)
+        if not problems:
+            # A StrEnum member compares equal to its value; store the plain str so JSON and
+            # reprs never depend on the caller's enum type.
+            object.__setattr__(self, "mode", MODES[MODES.index(self.mode)])
+            object.__setattr__(self, "references", tuple(self.references))
         if "/" not in self.claim_generator:
             problems.append("claim_generator must be 'name/version'")
         if self.consent_record_hash is not None and not _HEX64.fullmatch(self.consent_record_hash):
@@ -110,6 +133,10 @@ class ManifestReport:
     generation: dict[str, Any] | None = None
     soft_binding: dict[str, Any] | None = None
     validation_errors: tuple[str, ...] = ()
+    ingredients: tuple[dict[str, Any], ...] = ()
+    """What :func:`provenance.ingredients.read_ingredients` shows of each ingredient."""
+    digital_source_type: str | None = None
+    """The first action's IPTC digital source type (None when the manifest states none)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -119,37 +146,43 @@ class ManifestReport:
             "soft_binding": self.soft_binding,
             "validation_errors": list(self.validation_errors),
             "active_manifest": self.active_manifest,
+            "ingredients": [dict(i) for i in self.ingredients],
+            "digital_source_type": self.digital_source_type,
         }
 
 
 def build_manifest(info: ManifestInfo) -> dict[str, Any]:
     """The manifest definition handed to the C2PA builder (exposed for inspection and tests)."""
     name, version = info.claim_generator.split("/", 1)
-    note = " by an untrained model (noise-like output, for testing only)" if info.untrained else ""
     return {
         "claim_generator_info": [{"name": name, "version": version}],
         "title": info.title,
+        "ingredients": ingredient_definitions(info.references),
         "assertions": [
             {
                 "label": "c2pa.actions",
                 "data": {
                     "actions": [
-                        {
-                            "action": "c2pa.created",
-                            "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
-                            "softwareAgent": {"name": name, "version": version},
-                            "description": f"Generated with {info.model}{note}",
-                            "parameters": {
-                                "org.consentry.model": info.model,
-                                "org.consentry.untrained": info.untrained,
-                            },
-                        }
+                        created_action(
+                            software_agent={"name": name, "version": version},
+                            model=info.model,
+                            untrained=info.untrained,
+                            mode=info.mode,
+                            adapter_id=info.adapter_id,
+                            references=info.references,
+                        )
                     ]
                 },
             },
             {
                 "label": GENERATION_LABEL,
-                "data": {"record_id": info.record_id, "model": info.model, "untrained": info.untrained},
+                "data": {
+                    "record_id": info.record_id,
+                    "model": info.model,
+                    "untrained": info.untrained,
+                    "mode": info.mode,
+                    "adapter_id": info.adapter_id,
+                },
             },
             {
                 "label": SOFT_BINDING_LABEL,
@@ -264,4 +297,6 @@ def read_manifest(image_bytes: bytes, mime: str, trust_anchors_pem: str | None) 
         generation=_assertion(active, GENERATION_LABEL),
         soft_binding=_assertion(active, SOFT_BINDING_LABEL),
         validation_errors=_failures(store.get("validation_results")),
+        ingredients=read_ingredients(active),
+        digital_source_type=read_source_type(active),
     )

@@ -9,7 +9,10 @@ sentences, what follows from it and what does not. The evidence differs in kind:
   who signed, through a configured trust anchor), but any re-encoding drops it;
 * the watermark survives re-encoding, resizing and crops, and only this deployment's keys make
   or read it, so it names the record an image was released under, but it says nothing about
-  whether the pixels changed since, nor who holds the copy.
+  whether the pixels changed since, nor who holds the copy;
+* a signed manifest may say the image was made from reference photos: it lists them as
+  ingredients bound by SHA-256, and the report says whether anything of them (a thumbnail, a
+  copy) is in the file, so a reader learns *that* photos were used without seeing them.
 
 The types are frozen dataclasses of plain fields, so the HTTP layer can declare them as
 response models; :meth:`ProvenanceReport.as_dict` is the JSON shape.
@@ -27,6 +30,11 @@ __all__ = ["Assessment", "Basis", "ProvenanceReport", "WatermarkFinding", "asses
 
 Basis = Literal["c2pa", "watermark", "none"]
 _SIGNED = ("Trusted", "Valid")
+_HOW = {
+    "txt2img": "text-to-image",
+    "img2img": "image-to-image (derived from the photo)",
+    "ip_adapter": "IP-Adapter conditioning on the face",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +118,39 @@ def _c2pa_part(state: str | None) -> tuple[list[str], list[str]]:
     return proves, unproven
 
 
+def _likeness_part(c2pa: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """What a signed manifest says of how the likeness was used: the reference photos it was
+    made from (bound by hash, embedded or not) and the subject's adapter, by id."""
+    generation = c2pa.get("generation") or {}
+    inputs = [i for i in c2pa.get("ingredients") or [] if i.get("relationship") == "inputTo"]
+    proves, unproven = [], []
+    if inputs:
+        how = _HOW.get(str(generation.get("mode")))
+        hashed = sum(1 for i in inputs if i.get("hash"))
+        embedded = sum(1 for i in inputs if i.get("embedded"))
+        made = f"the image was made from {len(inputs)} reference photo(s)" + (f" by {how}" if how else "")
+        bound = "bound by hash (SHA-256)" if hashed == len(inputs) else f"{hashed} of them bound by hash"
+        proves.append(f"the signed claim states {made}, {bound}")
+        # Not the signer's word: the reader sees what the ingredients carry.
+        proves.append(
+            "the photos are not in the file: no thumbnail, copy or manifest of them is embedded"
+            if not embedded
+            else f"{embedded} of the reference photos are in the file (a thumbnail, a copy or a manifest "
+            "of their own is embedded)"
+        )
+        unproven.append(
+            "which photos were used: the file holds only their SHA-256 hashes, so only someone holding "
+            "a photo can check that it was one of them"
+        )
+    adapter = generation.get("adapter_id")
+    if isinstance(adapter, str) and adapter:
+        proves.append(
+            f"the signed claim states the subject's LoRA adapter {adapter} was used (its id only: "
+            "no weights are in the file)"
+        )
+    return proves, unproven
+
+
 def _watermark_part(
     basis: Basis, watermark: WatermarkFinding, record: Mapping[str, Any] | None, fp_bound: float
 ) -> tuple[list[str], list[str]]:
@@ -185,6 +226,10 @@ def assess(
     state = c2pa.get("state")
     basis: Basis = "c2pa" if state in _SIGNED else "watermark" if watermark.found else "none"
     c2pa_proves, c2pa_unproven = _c2pa_part(state)
+    if state in _SIGNED:
+        likeness_proves, likeness_unproven = _likeness_part(c2pa)
+        c2pa_proves += likeness_proves
+        c2pa_unproven += likeness_unproven
     wm_proves, wm_unproven = _watermark_part(basis, watermark, record, false_positive_bound)
     unproven = c2pa_unproven + wm_unproven
     if basis != "none":

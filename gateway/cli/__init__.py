@@ -14,7 +14,14 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from consentry.gateway.cli import calibrate_cmd, consent_cmds, gate_cmds, setup_cmds, watermark_cmds
+from consentry.gateway.cli import (
+    adapter_cmds,
+    calibrate_cmd,
+    consent_cmds,
+    gate_cmds,
+    setup_cmds,
+    watermark_cmds,
+)
 from consentry.gateway.cli.parser import build
 from consentry.policies.errors import ConsentryError, RefusedError, StageError
 
@@ -31,6 +38,9 @@ HANDLERS = {
     "erase": consent_cmds.cmd_erase,
     "key_revoke": consent_cmds.cmd_key_revoke,
     "generate": gate_cmds.cmd_generate,
+    "adapters_train": adapter_cmds.cmd_adapters_train,
+    "adapters_list": adapter_cmds.cmd_adapters_list,
+    "adapters_delete": adapter_cmds.cmd_adapters_delete,
     "verify": gate_cmds.cmd_verify,
     "audit_verify": gate_cmds.cmd_audit_verify,
     "audit_export": gate_cmds.cmd_audit_export,

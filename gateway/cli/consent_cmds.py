@@ -45,7 +45,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         raise BadInputError(
             "enroll needs --label and photo files (or --library DIR)", code=codes.INPUT_INVALID
         )
-    req = EnrollmentRequest(label=args.label, photos=read_files(args.photos))
+    req = EnrollmentRequest(label=args.label, photos=read_files(args.photos), keep_photos=args.keep_photos)
 
     async def run(gate: Gate) -> int:
         identity = await gate.enroll(LOCAL_ACTOR, req)
@@ -69,6 +69,7 @@ def cmd_grant(args: argparse.Namespace) -> int:
         max_uses=args.max_uses,
         attested_by=args.attested_by,
         consent_text_sha256=hashlib.sha256(text).hexdigest(),
+        use_enrollment_photos=args.use_enrollment_photos,
     ).to_request()
 
     async def run(gate: Gate) -> int:

@@ -14,6 +14,7 @@ from consentry.gateway.cli.common import LOCAL_ACTOR, parse_time, read_file, rea
 from consentry.gateway.cli.render import provenance_text
 from consentry.gateway.gate import Gate
 from consentry.gateway.requests import GenerationRequest
+from consentry.generation.base import GenerationMode
 from consentry.policies import codes
 from consentry.policies.consent import Purpose
 from consentry.policies.errors import BadInputError
@@ -26,14 +27,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         seed=args.seed,
         references=read_files(args.reference),
+        mode=GenerationMode(args.mode),
+        strength=args.strength,
+        adapter=args.adapter,
     )
 
     async def run(gate: Gate) -> int:
         principal = await gate.principal_named(LOCAL_ACTOR, args.as_principal)
         release = await gate.generate(principal, req)
         note = "  (UNTRAINED model: the image is noise-like by design)" if release.untrained else ""
+        how = f" mode={release.mode}" + (f" adapter={release.adapter_id}" if release.adapter_id else "")
         print(
-            f"released {release.record_id} watermark={release.watermark} audit_seq={release.audit_seq}{note}"
+            f"released {release.record_id} watermark={release.watermark} audit_seq={release.audit_seq}"
+            f"{how}{note}"
         )
         for path in release.paths:
             print(f"  {path}")

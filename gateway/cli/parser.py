@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from consentry.generation.base import GenerationMode
 from consentry.policies.consent import Purpose
 
 Handler = Callable[[argparse.Namespace], int]
@@ -71,6 +72,11 @@ def build(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     )
     enroll.add_argument("--pick", type=int, metavar="N", help="with --library: enroll group N (default: ask)")
     enroll.add_argument("--sheets", metavar="OUT_DIR", help="with --library: folder for the contact sheets")
+    enroll.add_argument(
+        "--keep-photos",
+        action="store_true",
+        help="keep the photos (encrypted under the identity's key) for adapter training",
+    )
 
     erase = command("erase", "erase", "Erase an identity: crypto-shred its templates, revoke its grants")
     erase.add_argument("identity", help="identity id (idn_…)")
@@ -84,6 +90,11 @@ def build(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     grant.add_argument("--max-uses", type=int)
     grant.add_argument("--attested-by", required=True, help="who collected the consent")
     grant.add_argument("--consent-text", help="file with the consent text shown to the subject")
+    grant.add_argument(
+        "--use-enrollment-photos",
+        action="store_true",
+        help="with --purpose adapter_training: the adapter may learn from the enrollment photos",
+    )
 
     revoke = command("revoke", "revoke", "Revoke a grant (effective on the next request)")
     revoke.add_argument("grant", help="grant id (gnt_…)")
@@ -95,6 +106,36 @@ def build(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     gen.add_argument("--purpose", choices=[p.value for p in Purpose], help="required with --subject")
     gen.add_argument("--reference", action="append", help="reference photo of the subject (repeatable)")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--mode", choices=[m.value for m in GenerationMode], default=GenerationMode.txt2img.value
+    )
+    gen.add_argument("--strength", type=float, default=0.6, help="img2img: how far the reference is re-drawn")
+    gen.add_argument("--adapter", action="store_true", help="use the subject's trained LoRA adapter")
+
+    adapters = sub.add_parser("adapters", help="Per-identity LoRA adapters").add_subparsers(
+        dest="adapters_command", required=True
+    )
+    train = command(
+        "train",
+        "adapters_train",
+        "Train a subject's LoRA adapter (needs an adapter_training grant)",
+        adapters,
+    )
+    train.add_argument("identity", help="identity id (idn_…)")
+    train.add_argument("--as", dest="as_principal", required=True, help="requester principal name")
+    train.add_argument("--steps", type=int)
+    train.add_argument("--rank", type=int)
+    train.add_argument("--prior-images", type=int, help="class images for prior preservation (0: none)")
+    train.add_argument(
+        "--photo",
+        action="append",
+        help="training photo of the subject (repeatable; default: enrollment photos)",
+    )
+    listing = command("list", "adapters_list", "List adapters, optionally of one identity", adapters)
+    listing.add_argument("identity", nargs="?", help="identity id (idn_…)")
+    listing.add_argument("--json", action="store_true")
+    remove = command("delete", "adapters_delete", "Delete an adapter and its encrypted weights", adapters)
+    remove.add_argument("adapter", help="adapter id (adp_…)")
 
     verify = command("verify", "verify", "Show the provenance of an image: C2PA, watermark, record")
     verify.add_argument("file")

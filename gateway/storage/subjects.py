@@ -1,27 +1,45 @@
-"""Protected identities, their encrypted templates, and their consent grants.
+"""Protected identities, their encrypted templates and kept photos, and their consent grants.
 
-Every change here is audited in the same transaction as the change itself.
+Every change here is audited in the same transaction as the change itself. Revoking an
+adapter_training grant and erasing an identity also delete adapters: their rows in that
+transaction, their files (``AdapterFiles`` of the ``adapters_dir`` given here) after the commit.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from consentry.gateway.storage.audit_log import AuditLog
+from consentry.gateway.storage.adapters import AdapterFiles
+from consentry.gateway.storage.audit_log import AuditLog, UnitOfWork
 from consentry.gateway.storage.db import Database, affected_rows
 from consentry.gateway.storage.principals import new_id
-from consentry.gateway.storage.tables import GenerationRecord, Grant, Identity, Principal, Template
+from consentry.gateway.storage.tables import (
+    Adapter,
+    EnrollmentPhoto,
+    GenerationRecord,
+    Grant,
+    Identity,
+    Principal,
+    Template,
+)
 from consentry.gateway.storage.vault import TemplateVault
 from consentry.policies import codes
 from consentry.policies.consent import GrantTerms, Purpose
-from consentry.policies.errors import BadInputError, ConflictError, NotFoundError
+from consentry.policies.errors import BadInputError, ConflictError, NotFoundError, StageError
 from consentry.provenance.audit import ChainedEvent
+
+PHOTO_CONTEXT = "enrollment_photo"
+COUNT_RETRIES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,18 +69,41 @@ def _terms(g: Grant) -> GrantTerms:
         max_uses=g.max_uses,
         uses=g.uses,
         revoked_at=g.revoked_at,
+        use_enrollment_photos=g.use_enrollment_photos,
     )
 
 
+class _Recount(Exception):
+    """The counts an audit event states changed before its transaction took the locks."""
+
+
+Counted = dict[str, list[Any]]
+"""Row ids per audit field (``adapters_deleted``: the adapter ids, ...)."""
+Count = Callable[[AsyncSession], Awaitable[Counted]]
+Apply = Callable[[AsyncSession], Awaitable[None]]
+Append = Callable[[dict[str, int], UnitOfWork], Awaitable[ChainedEvent]]
+
+
 class Subjects:
-    def __init__(self, db: Database, vault: TemplateVault, audit: AuditLog) -> None:
+    def __init__(
+        self, db: Database, vault: TemplateVault, audit: AuditLog, adapters_dir: Path | None = None
+    ) -> None:
         self.db = db
         self.vault = vault
         self.audit = audit
+        # None: this deployment keeps no adapter files (rows, if any, are still deleted).
+        self.adapter_files = AdapterFiles(adapters_dir) if adapters_dir is not None else None
 
     async def enroll(
-        self, label: str, embeddings: np.ndarray, embedder: str, actor: str, details: dict[str, Any]
+        self,
+        label: str,
+        embeddings: np.ndarray,
+        embedder: str,
+        actor: str,
+        details: dict[str, Any],
+        photos: Sequence[bytes] = (),
     ) -> IdentityView:
+        """``photos``: the photos to keep (sealed) for later adapter training; none by default."""
         label = label.strip()
         if not label or len(label) > 200:
             raise BadInputError("a label needs 1-200 characters", code=codes.IDENTITY_LABEL_INVALID)
@@ -80,8 +121,21 @@ class Subjects:
                 session.add(
                     Template(identity_id=identity_id, embedder=embedder, ciphertext=sealed, created_at=now)
                 )
+            for photo in photos:
+                digest = hashlib.sha256(photo).hexdigest()
+                # The hash in the associated data binds each ciphertext to its own row.
+                sealed = self.vault.seal_bytes(identity_id, wrapped, photo, f"{PHOTO_CONTEXT}:{digest}")
+                session.add(
+                    EnrollmentPhoto(identity_id=identity_id, ciphertext=sealed, sha256=digest, created_at=now)
+                )
 
-        body = {"identity_id": identity_id, "actor": actor, "templates": len(embeddings), **details}
+        body = {
+            "identity_id": identity_id,
+            "actor": actor,
+            "templates": len(embeddings),
+            **details,
+            "photos_kept": len(photos),
+        }
         await self.audit.append("identity.enrolled", body, also=write)
         return IdentityView(identity_id, label, "active", now)
 
@@ -91,6 +145,32 @@ class Subjects:
         if row is None:
             raise NotFoundError(f"no identity {identity_id}", code=codes.IDENTITY_NOT_FOUND)
         return IdentityView(row.id, row.label, row.status, row.created_at)
+
+    async def enrollment_photos(self, identity_id: str) -> list[bytes]:
+        """The photos kept at enrollment, decrypted (in memory only), in enrollment order."""
+        async with self.db.session() as session:
+            identity = await session.get(Identity, identity_id)
+            rows = (
+                await session.execute(
+                    select(EnrollmentPhoto.ciphertext, EnrollmentPhoto.sha256)
+                    .where(EnrollmentPhoto.identity_id == identity_id)
+                    .order_by(EnrollmentPhoto.id)
+                )
+            ).all()
+        if identity is None:
+            raise NotFoundError(f"no identity {identity_id}", code=codes.IDENTITY_NOT_FOUND)
+        if identity.status == "erased" or identity.data_key is None:
+            raise ConflictError(f"identity {identity_id} is erased", code=codes.IDENTITY_ERASED)
+        try:
+            return [
+                self.vault.open_bytes(identity_id, identity.data_key, c, f"{PHOTO_CONTEXT}:{h}")
+                for c, h in rows
+            ]
+        except InvalidTag as exc:
+            # Fail closed: a damaged or swapped photo is never handed to training.
+            raise StageError(
+                f"a kept photo of {identity_id} does not decrypt", code=codes.STAGE_ERROR
+            ) from exc
 
     async def templates_version(self, embedder: str) -> tuple[int, int]:
         """Cheap fingerprint of the template table, to know when a cached index is stale."""
@@ -138,12 +218,17 @@ class Subjects:
         max_uses: int | None,
         evidence: dict[str, Any],
         actor: str,
+        use_enrollment_photos: bool = False,
     ) -> GrantTerms:
         unknown = sorted(set(purposes) - {p.value for p in Purpose})
         if not purposes or unknown:
             raise BadInputError(
                 f"purposes must be a non-empty subset of {[p.value for p in Purpose]}; got {unknown}",
                 code=codes.GRANT_PURPOSE_INVALID,
+            )
+        if use_enrollment_photos and Purpose.adapter_training.value not in purposes:
+            raise BadInputError(
+                "use_enrollment_photos needs the adapter_training purpose", code=codes.GRANT_PURPOSE_INVALID
             )
         if max_uses is not None and max_uses < 1:
             raise BadInputError("max_uses must be at least 1", code=codes.GRANT_MAX_USES_INVALID)
@@ -164,6 +249,7 @@ class Subjects:
             uses=0,
             evidence=evidence,
             created_at=datetime.now(UTC),
+            use_enrollment_photos=use_enrollment_photos,
         )
 
         async def write(session: AsyncSession, _event: ChainedEvent) -> None:
@@ -174,13 +260,48 @@ class Subjects:
             "identity_id": identity_id,
             "principal_id": principal_id,
             "purposes": row.purposes,
+            "use_enrollment_photos": use_enrollment_photos,
             "actor": actor,
         }
         await self.audit.append("grant.created", body, also=write)
         return _terms(row)
 
-    async def revoke(self, grant_id: str, actor: str) -> None:
-        async def write(session: AsyncSession, _event: ChainedEvent) -> None:
+    async def _counted(self, append: Append, count: Count, apply: Apply) -> Counted:
+        """``append`` an event stating how many rows ``apply`` deletes, true when it commits:
+        counted first, again inside the transaction (before ``apply``), retried if they moved.
+        The rows counted change only in audited writes, which the audit lock serialises."""
+        for _ in range(COUNT_RETRIES):
+            async with self.db.session() as session:
+                expected = await count(session)
+
+            async def write(session: AsyncSession, _e: ChainedEvent, expected: Counted = expected) -> None:
+                if await count(session) != expected:
+                    raise _Recount
+                await apply(session)
+
+            counts = {k: len(v) for k, v in expected.items()}
+            try:
+                await append(counts, write)
+            except _Recount:
+                continue
+            return expected
+        raise StageError("the rows to delete kept changing", code=codes.STAGE_ERROR)
+
+    def _remove_adapter_files(self, adapter_ids: list[str]) -> None:
+        if self.adapter_files is not None:
+            self.adapter_files.remove(adapter_ids)
+
+    async def revoke(self, grant_id: str, actor: str) -> dict[str, int]:
+        """Revoke a grant. The adapters trained under it (only adapter_training grants have any)
+        go with it: the consent to keep them is gone. Returns and audits ``adapters_deleted``."""
+
+        async def count(session: AsyncSession) -> Counted:
+            ids = await session.scalars(
+                select(Adapter.id).where(Adapter.grant_id == grant_id).order_by(Adapter.id)
+            )
+            return {"adapters_deleted": list(ids.all())}
+
+        async def apply(session: AsyncSession) -> None:
             revoked = await affected_rows(
                 session,
                 update(Grant)
@@ -190,18 +311,33 @@ class Subjects:
             if revoked == 0:
                 # Raising inside the unit of work rolls the audit event back too.
                 raise NotFoundError(f"no live grant {grant_id}", code=codes.GRANT_NOT_FOUND)
+            await session.execute(delete(Adapter).where(Adapter.grant_id == grant_id))
 
-        await self.audit.append("grant.revoked", {"grant_id": grant_id, "actor": actor}, also=write)
+        def append(counts: dict[str, int], write: UnitOfWork) -> Awaitable[ChainedEvent]:
+            body = {"grant_id": grant_id, "actor": actor, **counts}
+            return self.audit.append("grant.revoked", body, also=write)
+
+        adapters = (await self._counted(append, count, apply))["adapters_deleted"]
+        self._remove_adapter_files(adapters)
+        return {"adapters_deleted": len(adapters)}
 
     async def erase(self, identity_id: str, actor: str) -> dict[str, int]:
-        """Erase an identity: destroy its data key (crypto-shredding every template ciphertext,
-        including copies in backups), delete its templates, revoke its grants, drop its label,
-        and flag its past generation records. This version stores no adapters and no reference
-        photos, so there are none to delete; the audit event says so."""
+        """Erase an identity: destroy its data key (crypto-shredding every template, kept photo
+        and adapter file, including copies in backups), delete its templates, kept photos and
+        adapters, revoke its grants, drop its label, and flag its past generation records."""
         now = datetime.now(UTC)
         counts: dict[str, int] = {}
 
-        async def write(session: AsyncSession, _event: ChainedEvent) -> None:
+        async def count(session: AsyncSession) -> Counted:
+            # The identity row lock first: erase and adapter training serialise on it.
+            await session.get(Identity, identity_id, with_for_update=True)
+            adapters = await session.scalars(select(Adapter.id).where(Adapter.identity_id == identity_id))
+            photos = await session.scalars(
+                select(EnrollmentPhoto.id).where(EnrollmentPhoto.identity_id == identity_id)
+            )
+            return {"adapters_deleted": sorted(adapters.all()), "photos_deleted": sorted(photos.all())}
+
+        async def apply(session: AsyncSession) -> None:
             identity = await session.get(Identity, identity_id, with_for_update=True)
             if identity is None:
                 raise NotFoundError(f"no identity {identity_id}", code=codes.IDENTITY_NOT_FOUND)
@@ -211,6 +347,8 @@ class Subjects:
             deleted = await affected_rows(
                 session, delete(Template).where(Template.identity_id == identity_id)
             )
+            await session.execute(delete(EnrollmentPhoto).where(EnrollmentPhoto.identity_id == identity_id))
+            await session.execute(delete(Adapter).where(Adapter.identity_id == identity_id))
             revoked = await affected_rows(
                 session,
                 update(Grant)
@@ -225,14 +363,18 @@ class Subjects:
             )
             counts.update(templates_destroyed=deleted, grants_revoked=revoked, records_flagged=flagged)
 
-        body = {"identity_id": identity_id, "actor": actor, "adapters_deleted": 0, "photos_deleted": 0}
-        # The counts are only known inside the transaction; the event states what was asked.
-        await self.audit.append("identity.erased", body, also=write)
+        def append(counts: dict[str, int], write: UnitOfWork) -> Awaitable[ChainedEvent]:
+            body = {"identity_id": identity_id, "actor": actor, **counts}
+            return self.audit.append("identity.erased", body, also=write)
+
+        deleted = await self._counted(append, count, apply)
+        # After the commit: the rows are gone, so nothing can open these files any more.
+        self._remove_adapter_files(deleted["adapters_deleted"])
         if self.db.is_sqlite:
             # Fold the write-ahead log into the main file so no older page still holds the key.
             async with self.db.engine.connect() as conn:
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        return counts
+        return {**counts, **{k: len(v) for k, v in deleted.items()}}
 
     async def grants_for(self, identity_id: str, principal_id: str) -> list[GrantTerms]:
         async with self.db.session() as session:

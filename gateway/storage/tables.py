@@ -14,11 +14,13 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -87,6 +89,49 @@ class Grant(Base):
     evidence: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+    # Only meaningful with the adapter_training purpose: training may use the photos kept at
+    # enrollment instead of photos sent with the request.
+    use_enrollment_photos: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class EnrollmentPhoto(Base):
+    """A photo kept at enrollment (only when asked, for later adapter training), AES-GCM encrypted
+    under the identity's data key; erasure deletes the rows and shreds any copy with the key."""
+
+    __tablename__ = "enrollment_photos"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    identity_id: Mapped[str] = mapped_column(ForeignKey("identities.id"), index=True)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    """Of the plaintext photo; also bound into the ciphertext's associated data."""
+    created_at: Mapped[datetime]
+
+
+class Adapter(Base):
+    """A per-identity LoRA adapter and its training job. The weights are never in the database:
+    they live in ``<adapters_dir>/<id>.lora.enc``, sealed under the identity's data key."""
+
+    __tablename__ = "adapters"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    identity_id: Mapped[str] = mapped_column(ForeignKey("identities.id"), index=True)
+    grant_id: Mapped[str] = mapped_column(ForeignKey("grants.id"), index=True)
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"))
+    status: Mapped[str] = mapped_column(String(20))
+    steps: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int] = mapped_column(Integer)
+    prior_images: Mapped[int] = mapped_column(Integer)
+    steps_done: Mapped[int] = mapped_column(Integer, default=0)
+    loss: Mapped[float | None] = mapped_column(Float)
+    photos_source: Mapped[str] = mapped_column(String(20))
+    photos: Mapped[int] = mapped_column(Integer)
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))
+    """Of the encrypted file, so a swapped or truncated file is refused before decrypting."""
+    error_code: Mapped[str | None] = mapped_column(String(60))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    """The training heartbeat: a "training" row whose heartbeat is stale was interrupted."""
+    finished_at: Mapped[datetime | None]
 
 
 class GenerationRecord(Base):

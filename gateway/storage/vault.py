@@ -5,6 +5,11 @@ file created on first run with mode 0600) wraps one random data key per identity
 encrypted under their identity's data key with AES-GCM, the identity id as associated data so a
 ciphertext cannot be moved to another identity. Erasing an identity deletes its wrapped data key:
 every template of it becomes unreadable even if a backup still holds the ciphertexts.
+
+Other per-identity blobs (kept enrollment photos, LoRA adapter files) are sealed under the same
+data key with ``seal_bytes``: their associated data is the identity id, a NUL and a context
+string (the adapter id, the photo's role and hash), so a blob cannot be replayed as another
+identity's, as another adapter's, or as a template (whose associated data has no NUL).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from consentry.policies import codes
 from consentry.policies.errors import ConfigurationError
 
 NONCE = 12
+TAG = 16
 
 
 def load_master_key(keys_dir: Path, env: str = "CONSENTRY_MASTER_KEY") -> bytes:
@@ -85,3 +91,21 @@ class TemplateVault:
             for s in sealed
         ]
         return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+    @staticmethod
+    def _aad(identity_id: str, context: str) -> bytes:
+        return identity_id.encode() + b"\x00" + context.encode()
+
+    def seal_bytes(self, identity_id: str, wrapped_key: bytes, data: bytes, context: str) -> bytes:
+        """``nonce || AES-GCM(data)`` under the identity's data key, bound to ``context``."""
+        nonce = secrets.token_bytes(NONCE)
+        aes = self._unwrap(identity_id, wrapped_key)
+        return nonce + aes.encrypt(nonce, data, self._aad(identity_id, context))
+
+    def open_bytes(self, identity_id: str, wrapped_key: bytes, sealed: bytes, context: str) -> bytes:
+        """The plaintext of ``seal_bytes``; raises ``InvalidTag`` for a wrong identity, context or
+        a damaged blob (and ConfigurationError when the data key does not open)."""
+        if len(sealed) < NONCE + TAG:
+            raise InvalidTag()
+        aes = self._unwrap(identity_id, wrapped_key)
+        return aes.decrypt(sealed[:NONCE], sealed[NONCE:], self._aad(identity_id, context))

@@ -183,7 +183,13 @@ def test_signed_photo_is_valid_then_trusted_with_the_dev_anchor(
     assert created["parameters"]["org.consentry.untrained"] is True
     assert "untrained" in created["description"]
 
-    assert trusted.generation == {"record_id": "req-1", "model": "tiny-sd-untrained", "untrained": True}
+    assert trusted.generation == {
+        "record_id": "req-1",
+        "model": "tiny-sd-untrained",
+        "untrained": True,
+        "mode": "txt2img",  # the defaults: from the prompt alone, no adapter
+        "adapter_id": None,
+    }
     assert trusted.soft_binding is not None
     assert trusted.soft_binding["alg"] == "org.consentry.watermark.dwtdctsvd.v1"
     assert trusted.soft_binding["blocks"][0]["value"] == "0011223344556677"
