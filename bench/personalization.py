@@ -694,6 +694,14 @@ def main() -> int:
     parser.add_argument("--skip-sd15", action="store_true")
     args = parser.parse_args()
     repo_on_path()
+    import diffusers
+    import transformers
+
+    # The adapter has no text-encoder keys: diffusers says so on every load; progress bars too.
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
     from consentry.generation.lora_training import LoraTrainingConfig
     from consentry.generation.tiny import build_tiny_pipeline
 

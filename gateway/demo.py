@@ -149,6 +149,7 @@ async def _stories(gate: Gate) -> list[Story]:
     operator = LOCAL_ACTOR
     studio = (await gate.create_principal(operator, "demo-studio", "requester")).principal
     other = (await gate.create_principal(operator, "demo-other-app", "requester")).principal
+    avatars = (await gate.create_principal(operator, "demo-avatar-app", "requester")).principal
     views = astronaut_variants()
     # The astronaut's photos are kept (encrypted) so her adapter_training grant can use them.
     identity = await gate.enroll(
@@ -172,7 +173,7 @@ async def _stories(gate: Gate) -> list[Story]:
         return (await gate.grant(operator, terms)).id
 
     grant = await consent(identity.id, studio, Purpose.portrait, Purpose.adapter_training, photos=True)
-    await consent(identity.id, other, Purpose.avatar)
+    await consent(identity.id, avatars, Purpose.avatar)
     await consent(cameraman.id, studio, Purpose.portrait)
 
     def ask(prompt: str, refs: list[Image.Image], **how: Any) -> GenerationRequest:
@@ -212,7 +213,7 @@ async def _stories(gate: Gate) -> list[Story]:
         await _try(
             "avatar-only app asks for her adapter",
             gate,
-            other,
+            avatars,
             ask("a portrait", [], adapter=True),
         ),
         await _try(

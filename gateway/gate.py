@@ -46,13 +46,20 @@ from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.principals import IssuedKey, Principals, PrincipalView
 from consentry.gateway.storage.records import Records
 from consentry.gateway.storage.subjects import IdentityView, Subjects
-from consentry.generation.base import GenerationJob, Generator, capabilities_of
+from consentry.generation.base import (
+    GenerationJob,
+    GenerationMode,
+    Generator,
+    GeneratorCapabilities,
+    capabilities_of,
+)
 from consentry.policies import codes
 from consentry.policies.config import Settings
 from consentry.policies.consent import GrantTerms, Purpose
 from consentry.policies.decision import Decision
 from consentry.policies.errors import (
     BadInputError,
+    ConfigurationError,
     ConflictError,
     GateBusyError,
     NotFoundError,
@@ -300,7 +307,13 @@ class Gate:
                 "adapter_training is a purpose for training adapters, not for generating",
                 code=codes.INPUT_PURPOSE_INVALID,
             )
-        capabilities = capabilities_of(self.generator)
+        if req.mode is GenerationMode.txt2img and not req.adapter:
+            return None
+        try:
+            capabilities = capabilities_of(self.generator)
+        except ConfigurationError:
+            # The generator cannot even be built: the flow's generate step refuses, audited.
+            capabilities = GeneratorCapabilities(modes=frozenset(GenerationMode), adapters=True)
         if req.mode not in capabilities.modes:
             raise BadInputError(
                 f"this deployment's generator does not offer mode {req.mode.value}",

@@ -32,7 +32,7 @@ from consentry.gateway.storage.subjects import IdentityView, Subjects
 from consentry.generation.lora_training import LoraTrainingConfig, TrainedAdapter
 from consentry.policies import codes
 from consentry.policies.config import Settings
-from consentry.policies.consent import GrantTerms, Purpose, evaluate_consent
+from consentry.policies.consent import ConsentOutcome, GrantTerms, Purpose, evaluate_consent
 from consentry.policies.decision import Verdict
 from consentry.policies.errors import (
     BadInputError,
@@ -108,7 +108,7 @@ class AdapterTraining:
                 "this deployment's generator cannot train adapters (upstream generators do not)",
                 code=codes.ADAPTER_UNSUPPORTED,
             )
-        grant = await self._training_grant(actor, subject)
+        grant = await self._training_grant(actor, subject, enrollment_photos=not req.photos)
         if req.photos:
             images = await self._decode(req.photos)
             await self._check_photos(actor, subject, images)
@@ -144,17 +144,27 @@ class AdapterTraining:
         running.task = asyncio.create_task(self._train(view, trainer, images, config, running))
         return view
 
-    async def _training_grant(self, actor: PrincipalView, subject: IdentityView) -> GrantTerms:
+    async def _training_grant(
+        self, actor: PrincipalView, subject: IdentityView, *, enrollment_photos: bool
+    ) -> GrantTerms:
         grants = await self.subjects.grants_for(subject.id, actor.id)
-        outcome = evaluate_consent(
-            subject_status=subject.status,
-            grants=grants,
-            principal_id=actor.id,
-            purpose=Purpose.adapter_training.value,
-            prompt="",
-            deployment_deny_terms=(),
-            now=datetime.now(UTC),
-        )
+
+        def decide(candidates: Sequence[GrantTerms]) -> ConsentOutcome:
+            return evaluate_consent(
+                subject_status=subject.status,
+                grants=candidates,
+                principal_id=actor.id,
+                purpose=Purpose.adapter_training.value,
+                prompt="",
+                deployment_deny_terms=(),
+                now=datetime.now(UTC),
+            )
+
+        # Without photos in the request, a live grant that allows the enrollment photos wins.
+        with_photos = [g for g in grants if g.use_enrollment_photos] if enrollment_photos else []
+        outcome = decide(with_photos) if with_photos else decide(grants)
+        if outcome.grant is None and with_photos:
+            outcome = decide(grants)
         if outcome.grant is None:
             await self._refuse(actor, subject, outcome.verdict)
         assert outcome.grant is not None  # _refuse raised

@@ -15,6 +15,7 @@ from consentry.gateway.health import Readiness
 from consentry.gateway.metrics import CONTENT_TYPE
 from consentry.gateway.schemas import (
     AdapterBody,
+    AdapterListOut,
     AdapterOut,
     AuditReportOut,
     DeletedOut,
@@ -197,8 +198,10 @@ class AdapterController(Controller):
         gate: Gate,
         principal: PrincipalView,
         identity_id: str | None = Parameter(default=None, max_length=40),
-    ) -> list[AdapterOut]:
-        return [adapter_out(v) for v in await gate.list_adapters(principal, identity_id)]
+    ) -> AdapterListOut:
+        return AdapterListOut(
+            adapters=[adapter_out(v) for v in await gate.list_adapters(principal, identity_id)]
+        )
 
     @get("/adapters/{adapter_id:str}", summary="An adapter and its training job's status and progress")
     async def show(self, gate: Gate, principal: PrincipalView, adapter_id: str = PathId) -> AdapterOut:

@@ -231,6 +231,8 @@ class ErasedOut(BaseModel):
     templates_destroyed: int
     grants_revoked: int
     records_flagged: int = Field(description="past generation records flagged as showing an erased subject")
+    adapters_deleted: int = Field(default=0, description="LoRA adapters deleted (their key is destroyed too)")
+    photos_deleted: int = Field(default=0, description="kept enrollment photos deleted")
 
 
 class GrantOut(BaseModel):
@@ -269,6 +271,10 @@ class AdapterOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+
+
+class AdapterListOut(BaseModel):
+    adapters: list[AdapterOut]
 
 
 class GenerateOut(BaseModel):

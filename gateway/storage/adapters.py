@@ -15,13 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import hashlib
-import os
-import tempfile
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,162 +26,35 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from consentry.gateway.storage.adapter_parts import (
+    FAILED,
+    READY,
+    SOURCES,
+    TRAINING,
+    Abort,
+    AdapterFiles,
+    AdapterView,
+    Skip,
+    finish_problem,
+    grant_problem,
+    identity_problem,
+    to_view,
+)
 from consentry.gateway.storage.audit_log import AuditLog
 from consentry.gateway.storage.db import Database, affected_rows
 from consentry.gateway.storage.principals import new_id
 from consentry.gateway.storage.tables import Adapter, Grant, Identity
 from consentry.gateway.storage.vault import TemplateVault
 from consentry.policies import codes
-from consentry.policies.consent import Purpose
 from consentry.policies.errors import (
     BadInputError,
     ConfigurationError,
     ConflictError,
-    ConsentryError,
     NotFoundError,
     RefusedError,
     StageError,
 )
 from consentry.provenance.audit import ChainedEvent
-
-TRAINING, READY, FAILED = "training", "ready", "failed"
-SOURCES = ("enrollment", "request")
-SUFFIX = ".lora.enc"
-
-
-def aware(ts: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything stored here is UTC."""
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class AdapterView:
-    id: str
-    identity_id: str
-    grant_id: str
-    principal_id: str
-    status: str
-    steps: int
-    rank: int
-    prior_images: int
-    steps_done: int
-    loss: float | None
-    photos_source: str
-    photos: int
-    error_code: str | None
-    error: str | None
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
-    weights_sha256: str | None = None
-    """Of the encrypted file: what a manifest may cite to name the adapter it used."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(self).items()}
-
-
-def _view(r: Adapter) -> AdapterView:
-    values = {f.name: getattr(r, f.name) for f in fields(AdapterView)}
-    for name in ("created_at", "updated_at", "finished_at"):
-        values[name] = values[name] and aware(values[name])
-    return AdapterView(**values)
-
-
-class AdapterFiles:
-    """The encrypted adapter files of one directory."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def path(self, adapter_id: str) -> Path:
-        return self.root / f"{adapter_id}{SUFFIX}"
-
-    def write(self, adapter_id: str, sealed: bytes) -> None:
-        """Atomically: a reader sees the whole file or none (temp file, fsync, rename, fsync dir)."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # mkstemp creates the file with mode 0600, in the same directory so the rename is atomic.
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{adapter_id}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(sealed)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path(adapter_id))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def remove(self, adapter_ids: Iterable[str]) -> None:
-        for adapter_id in adapter_ids:
-            self.path(adapter_id).unlink(missing_ok=True)
-
-    def on_disk(self) -> builtins.list[str]:
-        if not self.root.is_dir():
-            return []
-        return [p.name.removesuffix(SUFFIX) for p in self.root.glob(f"*{SUFFIX}")]
-
-    def remove_temps(self, older_than: float) -> None:
-        """Temp files of writes that a crash cut short (not ones another process is writing)."""
-        if self.root.is_dir():
-            for p in self.root.glob(".*.tmp"):
-                with contextlib.suppress(FileNotFoundError):  # another sweeper was first
-                    if p.stat().st_mtime < older_than:
-                        p.unlink()
-
-
-class _Abort(Exception):
-    """Rolls back a unit of work. ``error`` reaches the caller; ``reason``, when set, marks the
-    row failed; ``keep_file`` spares the file of an adapter that is (already) ready."""
-
-    def __init__(self, error: ConsentryError, reason: str | None = None, keep_file: bool = False) -> None:
-        super().__init__(error.detail)
-        self.error, self.reason, self.keep_file = error, reason, keep_file
-
-
-class _Skip(Exception):
-    """The row changed before the write took its lock: roll the audit event back, do nothing."""
-
-
-def _grant_problem(g: Grant | None, identity_id: str, principal_id: str, now: datetime) -> _Abort | None:
-    """The gate checks consent first; this is the backstop at the storage boundary."""
-    if g is None or g.identity_id != identity_id or g.principal_id != principal_id:
-        why, code = "no grant of this identity to this principal", codes.CONSENT_MISSING
-    elif Purpose.adapter_training.value not in g.purposes:
-        why, code = f"grant {g.id} does not cover adapter_training", codes.CONSENT_PURPOSE
-    elif g.revoked_at is not None:
-        why, code = f"grant {g.id} was revoked", codes.CONSENT_REVOKED
-    elif g.expires_at is not None and aware(g.expires_at) <= now:
-        why, code = f"grant {g.id} expired", codes.CONSENT_EXPIRED
-    else:
-        return None
-    return _Abort(RefusedError(why, code=code), reason=why)
-
-
-def _identity_problem(identity: Identity | None, identity_id: str) -> _Abort | None:
-    if identity is None:
-        return _Abort(NotFoundError(f"no identity {identity_id}", code=codes.IDENTITY_NOT_FOUND))
-    if identity.status != "active" or identity.data_key is None:
-        why = f"identity {identity_id} is {identity.status}"
-        return _Abort(ConflictError(why, code=codes.IDENTITY_ERASED), reason=why)
-    return None
-
-
-def _finish_problem(
-    adapter_id: str, r: Adapter | None, i: Identity | None, g: Grant | None, now: datetime
-) -> _Abort | None:
-    if r is None:
-        why = f"adapter {adapter_id} no longer exists (deleted, grant revoked or identity erased)"
-        return _Abort(ConflictError(why, code=codes.ADAPTER_TRAINING_FAILED))
-    if r.status != TRAINING:
-        code = codes.CONFLICT if r.status == READY else r.error_code or codes.ADAPTER_TRAINING_FAILED
-        why = f"adapter {adapter_id} is {r.status}, not training"
-        return _Abort(ConflictError(why, code=code), keep_file=r.status == READY)
-    return _identity_problem(i, r.identity_id) or _grant_problem(g, r.identity_id, r.principal_id, now)
 
 
 class Adapters:
@@ -228,7 +96,7 @@ class Adapters:
             # atomic: two starts for one identity cannot both pass the busy check.
             identity = await session.get(Identity, identity_id, with_for_update=True)
             grant = await session.get(Grant, grant_id)
-            problem = _identity_problem(identity, identity_id) or _grant_problem(
+            problem = identity_problem(identity, identity_id) or grant_problem(
                 grant, identity_id, principal_id, now
             )
             if problem is not None:
@@ -255,7 +123,7 @@ class Adapters:
 
         body = {"adapter_id": row.id, **job, "actor": actor}
         await self.audit.append("adapter.training_started", body, also=write)
-        return _view(row)
+        return to_view(row)
 
     async def progress(self, adapter_id: str, steps_done: int, loss: float | None) -> bool:
         """Heartbeat. False when the job should stop: the adapter is gone or no longer training."""
@@ -281,7 +149,7 @@ class Adapters:
     async def finish(self, adapter_id: str, weights: bytes, details: dict[str, Any]) -> AdapterView:
         async with self.db.session() as session:
             row, identity, grant = await self._load(session, adapter_id, lock=False)
-        abort = _finish_problem(adapter_id, row, identity, grant, datetime.now(UTC))
+        abort = finish_problem(adapter_id, row, identity, grant, datetime.now(UTC))
         if abort is None:
             assert row is not None and identity is not None and identity.data_key is not None
             sealed = self.vault.seal_bytes(row.identity_id, identity.data_key, weights, adapter_id)
@@ -293,12 +161,12 @@ class Adapters:
                 # Re-checked under the locks: erase, revoke or mark_interrupted may have won the race.
                 now = datetime.now(UTC)
                 r, i, g = await self._load(session, adapter_id, lock=True)
-                if (problem := _finish_problem(adapter_id, r, i, g, now)) is not None:
+                if (problem := finish_problem(adapter_id, r, i, g, now)) is not None:
                     raise problem
                 assert r is not None
                 r.status, r.weights_sha256, r.finished_at, r.updated_at = READY, digest, now, now
                 await session.flush()
-                done.append(_view(r))
+                done.append(to_view(r))
 
             body = {
                 **details,
@@ -310,7 +178,7 @@ class Adapters:
             try:
                 await self.audit.append("adapter.trained", body, also=write)
                 return done[0]
-            except _Abort as exc:
+            except Abort as exc:
                 abort = exc
             except BaseException:
                 self.files.remove([adapter_id])  # not committed: no file without a ready row
@@ -346,12 +214,12 @@ class Adapters:
                 "updated_at": now,
             }
             if await affected_rows(session, update(Adapter).where(*where).values(**values)) == 0:
-                raise _Skip
+                raise Skip
 
         body = {"adapter_id": adapter_id, "identity_id": identity_id, "code": code, "reason": reason}
         try:
             await self.audit.append("adapter.training_failed", body, also=write)
-        except _Skip:
+        except Skip:
             return False
         self.files.remove([adapter_id])
         return True
@@ -397,7 +265,7 @@ class Adapters:
             row = await session.get(Adapter, adapter_id)
         if row is None:
             raise NotFoundError(f"no adapter {adapter_id}", code=codes.ADAPTER_NOT_FOUND)
-        return _view(row)
+        return to_view(row)
 
     async def latest_ready(self, identity_id: str) -> AdapterView | None:
         async with self.db.session() as session:
@@ -407,7 +275,7 @@ class Adapters:
                 .order_by(Adapter.finished_at.desc(), Adapter.id)
                 .limit(1)
             )
-        return _view(row) if row else None
+        return to_view(row) if row else None
 
     async def open_weights(self, adapter_id: str) -> bytes:
         """The plaintext weights, in memory only. Any storage problem fails closed."""
@@ -453,4 +321,4 @@ class Adapters:
         if identity_id is not None:
             query = query.where(Adapter.identity_id == identity_id)
         async with self.db.session() as session:
-            return [_view(r) for r in (await session.scalars(query)).all()]
+            return [to_view(r) for r in (await session.scalars(query)).all()]

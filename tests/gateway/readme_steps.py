@@ -185,11 +185,41 @@ def start_server(c: Ctx, argv: list[str]) -> Result:
             for method in item
             if method in ("get", "post", "put", "patch", "delete")
         }
+        http["adapter"] = train_over_http(client, c, key)
         issued = client.post(f"/v1/principals/{c['id_admin']}/keys", headers=key["admin"]).json()
         c["extra_key_id"], c["extra_key"] = issued["id"], issued["api_key"]
         http["extra_before"] = client.get(audit, headers={"X-API-Key": c["extra_key"]}).status_code
     c["http"] = http
     return Result(argv, code=0, out=json.dumps(http["health"]))
+
+
+def train_over_http(client: httpx.Client, c: Ctx, key: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """POST /v1/identities/{id}/adapters (202), then GET /v1/adapters/{id} until the background
+    job ends (bounded); list, another requester's view, and DELETE by role."""
+    body = {"steps": 2, "rank": 2, "prior_images": 0}
+    started = client.post(f"/v1/identities/{c['idn2']}/adapters", json=body, headers=key["studio"])
+    assert started.status_code == 202, started.text
+    adapter = started.json()
+    end, final = time.monotonic() + 120, adapter
+    while final["status"] == "training" and time.monotonic() < end:
+        time.sleep(0.2)
+        final = client.get(f"/v1/adapters/{adapter['id']}", headers=key["studio"]).json()
+    listing = client.get("/v1/adapters", params={"identity_id": c["idn2"]}, headers=key["ops"])
+    listed = listing.json()["adapters"]
+    others = client.post(
+        "/v1/principals", json={"name": "other-app", "role": "requester"}, headers=key["admin"]
+    )
+    other = {"X-API-Key": others.json()["api_key"]}
+    return {
+        "started": adapter,
+        "final": final,
+        "listed": adapter["id"] in {a["id"] for a in listed},
+        "others_see": client.get(f"/v1/adapters/{adapter['id']}", headers=other).status_code,
+        "delete": {
+            who: client.delete(f"/v1/adapters/{adapter['id']}", headers=key[who]).status_code
+            for who in ("studio", "ops")
+        },
+    }
 
 
 def without_key(client: httpx.Client, method: str, path: str) -> int:

@@ -256,10 +256,46 @@ def demo(name: str, args: Callable[[Ctx], list[str]], outputs: Callable[[Ctx], P
             assert code in r.out
         assert "UNTRAINED" in r.out and "(stage timings in milliseconds" in r.out
         assert "C2PA Trusted" in r.out and "audit chain: intact" in r.out
-        [png] = c[f"{name}_pngs"]  # the released image, in DATA_DIR/demo/outputs or --out
-        assert f"  {png}" in r.lines()
+        pngs = c[f"{name}_pngs"]  # the released images, in DATA_DIR/demo/outputs or --out
+        assert len(pngs) == 3 and all(f"  {png}" in r.lines() for png in pngs)
 
     return Step(name, ("demo",), args, check=check, keep=keep)
+
+
+def check_adapter_trained(source: str, photos: int) -> Check:
+    def check(r: Result, c: Ctx) -> None:  # a progress bar on stderr, the adapter as JSON
+        shown = one_json(r)
+        assert shown["id"].startswith("adp_") and shown["status"] == "ready"
+        assert (shown["identity_id"], shown["photos_source"], shown["photos"]) == (c["idn2"], source, photos)
+        assert shown["steps_done"] == shown["steps"] and f"{shown['steps']}/{shown['steps']}" in r.err
+        assert list((c["data"] / "adapters").glob(f"{shown['id']}*"))  # stored (encrypted)
+
+    return check
+
+
+def check_adapters_list(r: Result, c: Ctx) -> None:
+    rows = r.lines()
+    assert len(rows) == 2 and all(c["idn2"] in row and " ready " in row for row in rows)
+    assert {c["adapter1"], c["adapter2"]} == {row.split()[0] for row in rows}
+
+
+def check_adapters_json(r: Result, c: Ctx) -> None:
+    shown = r.json()
+    assert {a["id"] for a in shown} == {c["adapter1"], c["adapter2"]}
+    assert all(a["rank"] in (2, 4) and a["grant_id"] == c["grant2"] for a in shown)
+
+
+def check_generate_adapter(r: Result, c: Ctx) -> None:
+    assert f"mode=txt2img adapter={c['adapter2']}" in r.lines()[0]  # the newest ready adapter
+
+
+def check_generate_img2img(r: Result, c: Ctx) -> None:
+    assert "mode=img2img" in r.lines()[0] and "adapter=" not in r.lines()[0]
+
+
+def check_adapter_deleted(r: Result, c: Ctx) -> None:
+    assert one_json(r) == {"id": c["adapter1"], "deleted": True}
+    assert not list((c["data"] / "adapters").glob(f"{c['adapter1']}*"))
 
 
 def check_serve(r: Result, c: Ctx) -> None:
@@ -274,6 +310,11 @@ def check_serve(r: Result, c: Ctx) -> None:
     assert {route for route in keyless if not route[1].startswith(("/health", "/metrics"))} == set(), keyless
     assert http["audit"] == {"admin": 200, "studio": 403, "ops": 403, "auditor": 200}
     assert http["principals"] == {"ops": 403, "admin": 201}
+    # Adapter training over HTTP: 202 at once, progress in GET /v1/adapters/{id} until ready.
+    trained = http["adapter"]
+    assert trained["started"]["status"] == "training" and trained["final"]["status"] == "ready"
+    assert trained["final"]["steps_done"] == 2 and trained["listed"] and trained["others_see"] == 404
+    assert trained["delete"] == {"studio": 403, "ops": 200}
     # SIGTERM: a graceful shutdown (uvicorn re-raises the signal after it: -SIGTERM, not 0).
     log = (c["tmp"] / "serve.log").read_text()
     assert c["serve_exit"] in (0, -signal.SIGTERM) and "Application shutdown complete." in log, log[-3000:]
@@ -325,6 +366,43 @@ STEPS = [
     Step("generate_denied_term", ("generate",),
          lambda c: [*GENERATE, "a gore portrait", "--subject", c["idn"]],
          code=3, check=refused("consent.prompt_denied")),
+    # Personalization: Jacques keeps his enrollment photos and grants studio adapter training.
+    Step("enroll_keep_photos", ("enroll",),
+         lambda c: ["--label", "Jacques", "--keep-photos", *(lfw(c, "Jacques_Chirac", n) for n in (1, 2, 3))],
+         keep=lambda r, c: c.update(idn2=r.json()["id"])),
+    Step("grant_training", ("grant",), lambda c: [
+        c["idn2"], *GRANT, "--purpose", "adapter_training", "--use-enrollment-photos",
+    ], keep=lambda r, c: c.update(grant2=r.json()["id"])),
+    Step("adapters_train", ("adapters", "train"),
+         lambda c: [c["idn2"], "--as", "studio", "--steps", "3", "--rank", "2", "--prior-images", "1"],
+         check=check_adapter_trained("enrollment", 3), keep=lambda r, c: c.update(adapter1=r.json()["id"])),
+    Step("adapters_train_photos", ("adapters", "train"), lambda c: [
+        c["idn2"], "--as", "studio", "--steps", "2", "--prior-images", "0",
+        "--photo", lfw(c, "Jacques_Chirac", 4), "--photo", lfw(c, "Jacques_Chirac", 5),
+    ], check=check_adapter_trained("request", 2), keep=lambda r, c: c.update(adapter2=r.json()["id"])),
+    Step("adapters_train_someone_else", ("adapters", "train"),
+         lambda c: [c["idn2"], "--as", "studio", "--photo", lfw(c, "Tony_Blair", 6)],
+         code=3, check=refused("face.protected_identity")),
+    Step("adapters_train_without_grant", ("adapters", "train"),
+         lambda c: [c["idn"], "--as", "studio", "--photo", lfw(c, "Tony_Blair", 6)],
+         code=3, check=refused("consent.purpose_not_granted")),
+    Step("adapters_train_bad_steps", ("adapters", "train"),
+         lambda c: [c["idn2"], "--as", "studio", "--steps", "0"],
+         code=2, check=lambda r, c: check_error(r, "adapter.invalid_params")),
+    Step("adapters_list", ("adapters", "list"), lambda c: [c["idn2"]], check=check_adapters_list),
+    Step("adapters_list_json", ("adapters", "list"), lambda c: ["--json"], check=check_adapters_json),
+    Step("generate_adapter", ("generate",),
+         lambda c: [*GENERATE, "a portrait", "--subject", c["idn2"], "--adapter"],
+         check=check_generate_adapter),
+    Step("generate_img2img", ("generate",), lambda c: [
+        *GENERATE, "a portrait", "--subject", c["idn2"], "--mode", "img2img", "--strength", "0.5",
+        "--reference", lfw(c, "Jacques_Chirac", 7),
+    ], check=check_generate_img2img),
+    Step("generate_bad_strength", ("generate",), lambda c: [
+        *GENERATE, "a portrait", "--subject", c["idn2"], "--mode", "img2img", "--strength", "1.5",
+        "--reference", lfw(c, "Jacques_Chirac", 7),
+    ], code=2, check=lambda r, c: check_error(r, "generation.strength_invalid")),
+    Step("adapters_delete", ("adapters", "delete"), lambda c: [c["adapter1"]], check=check_adapter_deleted),
     Step("verify", ("verify",), lambda c: [str(c["released"])], check=verify_text("Trusted")),
     Step("verify_json", ("verify",), lambda c: [str(c["released"]), "--json"], check=verify_json("Trusted")),
     Step("strip_metadata", None, run=strip_metadata),
