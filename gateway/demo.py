@@ -115,6 +115,8 @@ async def run_demo(settings: Settings, out: Path | None) -> int:
         update={
             "database_url": f"sqlite+aiosqlite:///{demo_dir / 'demo.db'}",
             "output_dir": out or demo_dir / "outputs",
+            # Its own adapter files: opening a gate sweeps files its database does not own.
+            "adapters_dir": demo_dir / "adapters",
         }
     )
     gate = await open_gate(demo_settings)

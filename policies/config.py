@@ -127,7 +127,8 @@ class Settings(BaseSettings):
     queue_wait_s: float = Field(default=30.0, gt=0)
     """Longest wait for a slot before a queued request is refused with ``gate.busy``."""
     adapters_dir: Path = Path("adapters")
-    """Encrypted LoRA adapter files (under each identity's data key); relative: under ``data_dir``."""
+    """Encrypted LoRA adapter files (under each identity's data key); relative: under ``data_dir``.
+    One folder per database: opening a gate removes adapter files its database does not own."""
     adapter_steps: int = Field(default=200, ge=1, le=2000)
     """Default training steps of a subject's LoRA adapter."""
     adapter_rank: int = Field(default=4, ge=1, le=64)

@@ -268,9 +268,17 @@ def check_adapter_trained(source: str, photos: int) -> Check:
         assert shown["id"].startswith("adp_") and shown["status"] == "ready"
         assert (shown["identity_id"], shown["photos_source"], shown["photos"]) == (c["idn2"], source, photos)
         assert shown["steps_done"] == shown["steps"] and f"{shown['steps']}/{shown['steps']}" in r.err
-        assert list((c["data"] / "adapters").glob(f"{shown['id']}*"))  # stored (encrypted)
+        assert c[f"stored_{shown['id']}"]  # its encrypted file existed right after training
 
     return check
+
+
+def keep_adapter(name: str) -> Check:
+    def keep(r: Result, c: Ctx) -> None:
+        adapter = r.json()["id"]
+        c[name], c[f"stored_{adapter}"] = adapter, bool(list((c["data"] / "adapters").glob(f"{adapter}*")))
+
+    return keep
 
 
 def check_adapters_list(r: Result, c: Ctx) -> None:
@@ -375,11 +383,11 @@ STEPS = [
     ], keep=lambda r, c: c.update(grant2=r.json()["id"])),
     Step("adapters_train", ("adapters", "train"),
          lambda c: [c["idn2"], "--as", "studio", "--steps", "3", "--rank", "2", "--prior-images", "1"],
-         check=check_adapter_trained("enrollment", 3), keep=lambda r, c: c.update(adapter1=r.json()["id"])),
+         check=check_adapter_trained("enrollment", 3), keep=keep_adapter("adapter1")),
     Step("adapters_train_photos", ("adapters", "train"), lambda c: [
         c["idn2"], "--as", "studio", "--steps", "2", "--prior-images", "0",
         "--photo", lfw(c, "Jacques_Chirac", 4), "--photo", lfw(c, "Jacques_Chirac", 5),
-    ], check=check_adapter_trained("request", 2), keep=lambda r, c: c.update(adapter2=r.json()["id"])),
+    ], check=check_adapter_trained("request", 2), keep=keep_adapter("adapter2")),
     Step("adapters_train_someone_else", ("adapters", "train"),
          lambda c: [c["idn2"], "--as", "studio", "--photo", lfw(c, "Tony_Blair", 6)],
          code=3, check=refused("face.protected_identity")),
