@@ -15,7 +15,8 @@ Measured, per pipeline:
    (``prepare_training_data`` under the pipeline's lock, the fp32 UNet copy, ``train_unet_lora``)
    so each is timed; per step from the progress callback, the first step (which also injects the
    LoRA layers and warms up) reported apart from the median of the others; peak memory both as
-   ``TrainedAdapter.peak_memory_bytes`` (growth of ru_maxrss) and as sampled RSS (every 10 ms).
+   ``TrainedAdapter.peak_memory_bytes`` (growth of ru_maxrss) and as sampled RSS (every 10 ms),
+   split into anonymous (allocated) and file-backed (mmap'd weight pages) parts.
 2. ``applied_lora`` load and unload of the trained rank-4 adapter (median of several cycles, after
    one warm-up cycle) against one generation request carrying that adapter. The SD-1.5 request is
    512x512, guidance 7.5, 20 steps; when fewer steps are run (default 4: one 512² UNet call takes
@@ -31,7 +32,7 @@ ratios are taken within one run.
 
 Run: .venv/bin/python bench/personalization.py [--sd15-dir /tmp/consentry-sd15-random]
      [--sd15-gen-steps 4] [--skip-sd15]
-Writes bench/results/personalization.{json,md}. About 12 minutes here.
+Writes bench/results/personalization.{json,md}. About 10-11 minutes here (2 cores).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def max_rss_bytes() -> int:
 
 
 class RssSampler:
-    """Samples the RSS every ``period_s`` in a thread; ``peak(since, until)`` over a window."""
+    """Samples anonymous and file-backed RSS every ``period_s`` in a thread."""
 
     def __init__(self, period_s: float = 0.01) -> None:
         self.period_s = period_s
