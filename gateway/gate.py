@@ -31,7 +31,7 @@ from consentry.gateway.index_cache import IndexCache
 from consentry.gateway.logs import record_id
 from consentry.gateway.metrics import GateMetrics
 from consentry.gateway.models import Loadable
-from consentry.gateway.personalization import AdapterTraining, Progress
+from consentry.gateway.personalization import AdapterTraining, Progress, check_personalization
 from consentry.gateway.ratelimit import RateLimiter
 from consentry.gateway.release import REFUSED, audit_body
 from consentry.gateway.requests import (
@@ -48,10 +48,7 @@ from consentry.gateway.storage.records import Records
 from consentry.gateway.storage.subjects import IdentityView, Subjects
 from consentry.generation.base import (
     GenerationJob,
-    GenerationMode,
     Generator,
-    GeneratorCapabilities,
-    capabilities_of,
 )
 from consentry.policies import codes
 from consentry.policies.config import Settings
@@ -59,8 +56,6 @@ from consentry.policies.consent import GrantTerms, Purpose
 from consentry.policies.decision import Decision
 from consentry.policies.errors import (
     BadInputError,
-    ConfigurationError,
-    ConflictError,
     GateBusyError,
     NotFoundError,
     RefusedError,
@@ -243,7 +238,7 @@ class Gate:
             raise BadInputError(
                 f"at most {s.max_references} reference images", code=codes.INPUT_TOO_MANY_REFERENCES
             )
-        adapter_id = await self._adapter_for(req, subject)
+        adapter_id = await check_personalization(req, subject, self.generator, self.parts.adapters)
         references = tuple(await self._decode(req.references))
         job = GateJob(
             request_id=f"gen_{secrets.token_hex(8)}",
@@ -298,41 +293,6 @@ class Gate:
             mode=generated.mode.value,
             adapter_id=generated.adapter_id,
         )
-
-    async def _adapter_for(self, req: GenerationRequest, subject: IdentityView | None) -> str | None:
-        """Check what the request asks of the generator, before anything is audited; with
-        ``adapter``, the subject's newest ready adapter (consent to use it is the flow's job)."""
-        if req.purpose is Purpose.adapter_training:
-            raise BadInputError(
-                "adapter_training is a purpose for training adapters, not for generating",
-                code=codes.INPUT_PURPOSE_INVALID,
-            )
-        if req.mode is GenerationMode.txt2img and not req.adapter:
-            return None
-        try:
-            capabilities = capabilities_of(self.generator)
-        except ConfigurationError:
-            # The generator cannot even be built: the flow's generate step refuses, audited.
-            capabilities = GeneratorCapabilities(modes=frozenset(GenerationMode), adapters=True)
-        if req.mode not in capabilities.modes:
-            raise BadInputError(
-                f"this deployment's generator does not offer mode {req.mode.value}",
-                code=codes.GENERATION_MODE_UNAVAILABLE,
-            )
-        if not req.adapter:
-            return None
-        if subject is None:
-            raise BadInputError("adapter needs a subject_id: whose adapter?", code=codes.ADAPTER_MISSING)
-        if not capabilities.adapters:
-            raise BadInputError(
-                "this deployment's generator cannot load adapters", code=codes.ADAPTER_UNSUPPORTED
-            )
-        if subject.status == "erased":
-            raise ConflictError(f"identity {subject.id} is erased", code=codes.IDENTITY_ERASED)
-        ready = await self.parts.adapters.latest_ready(subject.id)
-        if ready is None:
-            raise ConflictError(f"identity {subject.id} has no trained adapter", code=codes.ADAPTER_MISSING)
-        return ready.id
 
     async def _refuse(self, job: GateJob, decision: Decision) -> NoReturn:
         """Audit the refusal, then raise it: a rule's refusal is 403, a fault 503."""

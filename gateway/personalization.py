@@ -24,11 +24,17 @@ from PIL import Image
 from consentry.detectors.analyzer import Analyzer
 from consentry.detectors.verification import judge_references
 from consentry.gateway.index_cache import IndexCache
-from consentry.gateway.requests import AdapterTrainingRequest
+from consentry.gateway.requests import AdapterTrainingRequest, GenerationRequest
 from consentry.gateway.storage.adapters import Adapters, AdapterView
 from consentry.gateway.storage.audit_log import AuditLog
 from consentry.gateway.storage.principals import PrincipalView
 from consentry.gateway.storage.subjects import IdentityView, Subjects
+from consentry.generation.base import (
+    GenerationMode,
+    Generator,
+    GeneratorCapabilities,
+    capabilities_of,
+)
 from consentry.generation.lora_training import LoraTrainingConfig, TrainedAdapter
 from consentry.policies import codes
 from consentry.policies.config import Settings
@@ -36,6 +42,7 @@ from consentry.policies.consent import ConsentOutcome, GrantTerms, Purpose, eval
 from consentry.policies.decision import Verdict
 from consentry.policies.errors import (
     BadInputError,
+    ConfigurationError,
     ConflictError,
     ConsentryError,
     NotFoundError,
@@ -273,3 +280,41 @@ class AdapterTraining:
         tasks = [r.task for r in self._running.values() if r.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def check_personalization(
+    req: GenerationRequest, subject: IdentityView | None, generator: Generator, adapters: Adapters
+) -> str | None:
+    """Check what the request asks of the generator, before anything is audited; with
+    ``adapter``, the subject's newest ready adapter (consent to use it is the flow's job)."""
+    if req.purpose is Purpose.adapter_training:
+        raise BadInputError(
+            "adapter_training is a purpose for training adapters, not for generating",
+            code=codes.INPUT_PURPOSE_INVALID,
+        )
+    if req.mode is GenerationMode.txt2img and not req.adapter:
+        return None
+    try:
+        capabilities = capabilities_of(generator)
+    except ConfigurationError:
+        # The generator cannot even be built: the flow's generate step refuses, audited.
+        capabilities = GeneratorCapabilities(modes=frozenset(GenerationMode), adapters=True)
+    if req.mode not in capabilities.modes:
+        raise BadInputError(
+            f"this deployment's generator does not offer mode {req.mode.value}",
+            code=codes.GENERATION_MODE_UNAVAILABLE,
+        )
+    if not req.adapter:
+        return None
+    if subject is None:
+        raise BadInputError("adapter needs a subject_id: whose adapter?", code=codes.ADAPTER_MISSING)
+    if not capabilities.adapters:
+        raise BadInputError(
+            "this deployment's generator cannot load adapters", code=codes.ADAPTER_UNSUPPORTED
+        )
+    if subject.status == "erased":
+        raise ConflictError(f"identity {subject.id} is erased", code=codes.IDENTITY_ERASED)
+    ready = await adapters.latest_ready(subject.id)
+    if ready is None:
+        raise ConflictError(f"identity {subject.id} has no trained adapter", code=codes.ADAPTER_MISSING)
+    return ready.id
