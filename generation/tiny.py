@@ -15,16 +15,15 @@ the invisible watermark (which needs at least 256x256).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from consentry.generation.diffusers_backend import MARKER_FILE
+from consentry.generation.staged_build import staged_build
 from consentry.policies import codes
-from consentry.policies.errors import BadInputError, ConfigurationError, ConflictError
+from consentry.policies.errors import BadInputError, ConflictError
 
 BUILT_BY = "consentry models tiny"
 # Bumped when the layout of a tiny build changes, so old builds can be told apart.
@@ -197,14 +196,8 @@ def build_tiny_pipeline(out_dir: Path, *, seed: int = 0, image_size: int = 256) 
                 "choose an empty or new folder",
                 code=codes.MODEL_DIR_NOT_EMPTY,
             )
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    except OSError as exc:
-        raise ConfigurationError(
-            f"cannot create the model folder {out_dir}: {exc}", code=codes.MODEL_UNWRITABLE
-        ) from exc
-    try:
+
+    def write(staging: Path) -> None:
         # Fork the RNG so seeding the build does not disturb the caller's random state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -224,19 +217,6 @@ def build_tiny_pipeline(out_dir: Path, *, seed: int = 0, image_size: int = 256) 
             ),
         }
         (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        _swap_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    staged_build(out_dir, "model folder", write)
     return out_dir
-
-
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` (absent, empty or an old tiny build) with ``staging``."""
-    if out_dir.exists():
-        retired = out_dir.with_name(f".{out_dir.name}.old-{staging.name[-8:]}")
-        out_dir.rename(retired)
-        staging.rename(out_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(out_dir)

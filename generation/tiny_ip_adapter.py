@@ -12,8 +12,6 @@ likeness of anyone.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import torch
 
 from consentry.generation.ip_adapter import expected_shapes
+from consentry.generation.staged_build import staged_build
 from consentry.policies import codes
 from consentry.policies.errors import ConfigurationError, ConflictError
 
@@ -155,14 +154,8 @@ def build_tiny_ip_adapter(pipeline_dir: Path, out_dir: Path, *, seed: int = 0) -
     config = _unet_config(pipeline_dir)
     shapes = _adapter_shapes(config, pipeline_dir)
     _check_out_dir(out_dir)
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    except OSError as exc:
-        raise ConfigurationError(
-            f"cannot create the IP-Adapter folder {out_dir}: {exc}", code=codes.MODEL_UNWRITABLE
-        ) from exc
-    try:
+
+    def write(staging: Path) -> None:
         # Fork the RNG so seeding the build does not disturb the caller's random state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -184,21 +177,8 @@ def build_tiny_ip_adapter(pipeline_dir: Path, out_dir: Path, *, seed: int = 0) -
             ),
         }
         (staging / _marker_file()).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        _swap_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    staged_build(out_dir, "IP-Adapter folder", write)
     return IPAdapterPaths(
         weights_file=out_dir / "ip_adapter" / WEIGHTS_NAME, image_encoder_dir=out_dir / "image_encoder"
     )
-
-
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` (absent, empty or an old tiny build) with ``staging``."""
-    if out_dir.exists():
-        retired = out_dir.with_name(f".{out_dir.name}.old-{staging.name[-8:]}")
-        out_dir.rename(retired)
-        staging.rename(out_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(out_dir)
