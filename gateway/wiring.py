@@ -16,6 +16,7 @@ from consentry.detectors.analyzer import Analyzer, FaceAnalyzer
 from consentry.detectors.detection import FaceDetector
 from consentry.detectors.embedders import DlibResNetEmbedder, Embedder
 from consentry.detectors.facenet_embedder import FacenetEmbedder
+from consentry.detectors.microbatch import MicroBatchingAnalyzer
 from consentry.gateway import __version__
 from consentry.gateway.admission import Admission
 from consentry.gateway.flow import GenerateFlow, Stages
@@ -198,13 +199,17 @@ async def open_gate(
         name=generator.name if generator is not None else str(settings.model_dir),
         owned=generator is None,
     )
+    # The stages' face analysis, micro-batched across concurrent requests when configured.
+    stage_analyzer: Analyzer = lazy_analyzer
+    if settings.face_batch_window_ms > 0:
+        stage_analyzer = MicroBatchingAnalyzer(lazy_analyzer, settings.face_batch_window_ms / 1000.0)
     watermarker = Watermarker(WatermarkKeyring.load_or_create(keys_dir))
     index = IndexCache(subjects, lazy_analyzer)
     stages = build_stages(
         settings,
         subjects=subjects,
         audit=audit,
-        analyzer=lazy_analyzer,
+        analyzer=stage_analyzer,
         index=index,
         generator=lazy_generator,
         watermarker=watermarker,

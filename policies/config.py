@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     """Redis for the shared rate limiter (``redis://127.0.0.1:6379/0``); every worker and replica
     then spends from one bucket per principal. Unset: each process keeps its own buckets."""
+    face_batch_window_ms: float = Field(default=0.0, ge=0.0, le=100.0)
+    """Micro-batching of face analysis: a request reaching a face stage waits up to this long for
+    others to share one detector/embedder batch (0: off; see ``bench/results/microbatch_load.md``
+    for when it pays). Each request's own images are always analysed as one batch."""
     generation_concurrency: int = Field(default=1, ge=1, le=64)
     """Requests that run the generate flow at once in one process."""
     queue_depth: int = Field(default=8, ge=0, le=10_000)
