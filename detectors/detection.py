@@ -1,7 +1,10 @@
-"""Face detection with MTCNN (facenet-pytorch), returning plain frozen results.
+"""Face detection with MTCNN, returning plain frozen results.
 
 MTCNN is used because its weights ship inside the facenet-pytorch wheel (nothing is downloaded)
-and because it returns five landmarks per face, which is what alignment needs. The detector is
+and because it returns five landmarks per face, which is what alignment needs. Inference is our
+own batched re-implementation (:mod:`consentry.detectors.mtcnn_batched`: the pyramid of a batch
+per scale in one call, R- and O-net over every candidate of the batch at once, fp16 on CUDA); it
+matches facenet-pytorch's detector on ../shared/faces (same face counts, box IoU >= 0.99999). The detector is
 blocking (torch); the gateway calls it from a worker thread. Inference keeps no state between
 calls, so one instance may be shared by several threads.
 """
@@ -13,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from facenet_pytorch import MTCNN
 from PIL import Image
 
 from consentry.detectors.devices import resolve_device
+from consentry.detectors.mtcnn_batched import BatchedMTCNN
 from consentry.policies.errors import ConfigurationError, StageError
 
 # Tuned on the shared test photos (groups at min_face_px=20, LFW at 40): every real face scored
@@ -93,14 +96,12 @@ class FaceDetector:
         self.min_face_px = min_face_px
         self.probability = probability
         self.max_batch = max_batch
-        self._mtcnn = MTCNN(
+        self._mtcnn = BatchedMTCNN(
             min_face_size=min_face_px,
-            thresholds=list(thresholds),
-            keep_all=True,
-            select_largest=False,
-            post_process=False,
+            thresholds=tuple(thresholds),
             device=self.device,
-        ).eval()
+            half=self.device.type == "cuda",
+        )
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[DetectedFace]]:
         """Faces per image, in input order, each list sorted by probability (highest first).
