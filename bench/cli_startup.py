@@ -146,7 +146,8 @@ def main() -> None:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     info = machine_info()
-    rows, results = [], []
+    rows: list[tuple[object, ...]] = []
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="consentry-cli-bench-") as tmp:
         dep = Deployment(Path(tmp))
         state = set_up(dep, args.repeats)

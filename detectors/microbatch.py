@@ -73,7 +73,8 @@ class MicroBatchingAnalyzer:
         """Collect for the window, take what fits, run it, and pass leadership on if calls remain."""
         time.sleep(self.window_s)
         with self._lock:
-            batch, size = [], 0
+            batch: list[_Call] = []
+            size = 0
             while self._queue and (not batch or size + len(self._queue[0].images) <= self.max_images):
                 call = self._queue.pop(0)
                 batch.append(call)

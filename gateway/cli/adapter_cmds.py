@@ -11,15 +11,17 @@ import argparse
 import asyncio
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
-from consentry.gateway.cli.common import LOCAL_ACTOR, read_files, with_gate
-from consentry.gateway.gate import Gate
+from consentry.gateway.cli.common import local_actor, read_files, with_gate
 from consentry.gateway.requests import AdapterTrainingRequest
-from consentry.gateway.storage.adapters import AdapterView
 from consentry.policies import codes
 from consentry.policies.errors import StageError
+
+if TYPE_CHECKING:
+    # Only for annotations: with_gate imports the gate once the command's input is checked.
+    from consentry.gateway.gate import Gate
+    from consentry.gateway.storage.adapters import AdapterView
 
 
 def cmd_adapters_train(args: argparse.Namespace) -> int:
@@ -32,7 +34,9 @@ def cmd_adapters_train(args: argparse.Namespace) -> int:
     )
 
     async def run(gate: Gate) -> int:
-        principal = await gate.principal_named(LOCAL_ACTOR, args.as_principal)
+        from tqdm import tqdm
+
+        principal = await gate.principal_named(local_actor(), args.as_principal)
         started = await gate.train_adapter(principal, req)
         print(f"training {started.id} for {started.identity_id} ({started.photos} photos)", file=sys.stderr)
         with tqdm(total=started.steps, desc=started.id, unit="step", file=sys.stderr) as bar:
@@ -50,7 +54,7 @@ def cmd_adapters_train(args: argparse.Namespace) -> int:
         print(json.dumps(_row(done)))
         return 0
 
-    return asyncio.run(with_gate(run))
+    return asyncio.run(with_gate(run, models=True))
 
 
 def _row(view: AdapterView) -> dict[str, object]:
@@ -59,7 +63,7 @@ def _row(view: AdapterView) -> dict[str, object]:
 
 def cmd_adapters_list(args: argparse.Namespace) -> int:
     async def run(gate: Gate) -> int:
-        views = await gate.list_adapters(LOCAL_ACTOR, args.identity)
+        views = await gate.list_adapters(local_actor(), args.identity)
         if args.json:
             print(json.dumps([v.as_dict() for v in views], default=str))
             return 0
@@ -79,7 +83,7 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
 
 def cmd_adapters_delete(args: argparse.Namespace) -> int:
     async def run(gate: Gate) -> int:
-        await gate.delete_adapter(LOCAL_ACTOR, args.adapter)
+        await gate.delete_adapter(local_actor(), args.adapter)
         print(json.dumps({"id": args.adapter, "deleted": True}))
         return 0
 

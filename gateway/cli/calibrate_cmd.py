@@ -17,7 +17,7 @@ from typing import Any
 
 import tomli_w
 
-from consentry.gateway.cli.common import load_settings
+from consentry.gateway.cli.common import load_settings, quiet_model_libraries
 from consentry.policies import codes
 from consentry.policies.errors import ConfigurationError, ConsentryError
 
@@ -38,6 +38,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     settings = load_settings()
     root = Path(args.dir)
     photos = scan_photos(root)  # bad folders fail here, before the models load
+    quiet_model_libraries()
     result = calibrate(
         photos,
         build_analyzer(settings),

@@ -9,15 +9,32 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from consentry.gateway.storage.principals import LOCAL_ACTOR
 from consentry.policies import codes
 from consentry.policies.config import Settings
 from consentry.policies.errors import BadInputError, ConsentryError
 
 if TYPE_CHECKING:
     from consentry.gateway.gate import Gate
+    from consentry.gateway.storage.principals import PrincipalView
 
-__all__ = ["LOCAL_ACTOR", "load_settings", "parse_time", "read_file", "read_files", "with_gate"]
+__all__ = [
+    "load_settings",
+    "local_actor",
+    "parse_time",
+    "quiet_model_libraries",
+    "read_file",
+    "read_files",
+    "with_gate",
+]
+
+
+def local_actor() -> PrincipalView:
+    """The operator at this terminal, the actor of every command. Imported when a command asks
+    the gate, not with this module: the principals store imports SQLAlchemy and Alembic, which
+    commands that fail on their input, or never open the database, should not wait for."""
+    from consentry.gateway.storage.principals import LOCAL_ACTOR
+
+    return LOCAL_ACTOR
 
 
 def load_settings() -> Settings:
@@ -47,9 +64,21 @@ def parse_time(text: str | None) -> datetime | None:
         raise BadInputError(f"{text!r} is not an ISO 8601 time", code=codes.INPUT_TIME_INVALID) from exc
 
 
-async def with_gate(fn: Callable[[Gate], Awaitable[int]]) -> int:
+def quiet_model_libraries() -> None:
+    """No progress bars from diffusers and transformers. Called by the commands that load a
+    model, once their input is checked: it imports those libraries, which the others skip."""
+    from consentry.gateway.wiring import quiet_libraries
+
+    quiet_libraries()
+
+
+async def with_gate(fn: Callable[[Gate], Awaitable[int]], *, models: bool = False) -> int:
+    """Run ``fn`` with an open gate, closed afterwards. ``models``: the command will load a
+    model (enroll, generate, train), so the model libraries are quietened first."""
     from consentry.gateway.wiring import open_gate
 
+    if models:
+        quiet_model_libraries()
     gate = await open_gate(load_settings())
     try:
         return await fn(gate)

@@ -7,17 +7,21 @@ import asyncio
 import hashlib
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from consentry.gateway.cli.common import LOCAL_ACTOR, parse_time, read_file, read_files, with_gate
-from consentry.gateway.gate import Gate
+from consentry.gateway.cli.common import local_actor, parse_time, read_file, read_files, with_gate
 from consentry.gateway.requests import EnrollmentRequest
 from consentry.policies import codes
 from consentry.policies.errors import BadInputError
 
+if TYPE_CHECKING:
+    # Only for annotations: with_gate imports the gate once the command's input is checked.
+    from consentry.gateway.gate import Gate
+
 
 def cmd_principal_add(args: argparse.Namespace) -> int:
     async def run(gate: Gate) -> int:
-        issued = await gate.create_principal(LOCAL_ACTOR, args.name, args.role)
+        issued = await gate.create_principal(local_actor(), args.name, args.role)
         print(
             json.dumps(
                 {
@@ -48,11 +52,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     req = EnrollmentRequest(label=args.label, photos=read_files(args.photos), keep_photos=args.keep_photos)
 
     async def run(gate: Gate) -> int:
-        identity = await gate.enroll(LOCAL_ACTOR, req)
+        identity = await gate.enroll(local_actor(), req)
         print(json.dumps({"id": identity.id, "label": identity.label, "photos": len(req.photos)}))
         return 0
 
-    return asyncio.run(with_gate(run))
+    return asyncio.run(with_gate(run, models=True))
 
 
 def cmd_grant(args: argparse.Namespace) -> int:
@@ -73,7 +77,7 @@ def cmd_grant(args: argparse.Namespace) -> int:
     ).to_request()
 
     async def run(gate: Gate) -> int:
-        grant = await gate.grant(LOCAL_ACTOR, req)
+        grant = await gate.grant(local_actor(), req)
         print(
             json.dumps({"id": grant.id, "identity_id": grant.identity_id, "purposes": list(grant.purposes)})
         )
@@ -84,7 +88,7 @@ def cmd_grant(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     async def run(gate: Gate) -> int:
-        await gate.revoke(LOCAL_ACTOR, args.grant)
+        await gate.revoke(local_actor(), args.grant)
         print(json.dumps({"id": args.grant, "revoked": True}))
         return 0
 
@@ -93,7 +97,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_erase(args: argparse.Namespace) -> int:
     async def run(gate: Gate) -> int:
-        counts = await gate.erase(LOCAL_ACTOR, args.identity)
+        counts = await gate.erase(local_actor(), args.identity)
         print(json.dumps({"id": args.identity, "erased": True, **counts}))
         return 0
 
@@ -102,7 +106,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 def cmd_key_revoke(args: argparse.Namespace) -> int:
     async def run(gate: Gate) -> int:
-        await gate.revoke_key(LOCAL_ACTOR, args.key)
+        await gate.revoke_key(local_actor(), args.key)
         print(json.dumps({"id": args.key, "revoked": True}))
         return 0
 

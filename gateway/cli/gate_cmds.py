@@ -8,16 +8,19 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from consentry.gateway.cli.common import LOCAL_ACTOR, parse_time, read_file, read_files, with_gate
-from consentry.gateway.cli.render import provenance_text
-from consentry.gateway.gate import Gate
+from consentry.gateway.cli.common import local_actor, parse_time, read_file, read_files, with_gate
 from consentry.gateway.requests import GenerationRequest
 from consentry.generation.base import GenerationMode
 from consentry.policies import codes
 from consentry.policies.consent import Purpose
 from consentry.policies.errors import BadInputError
+
+if TYPE_CHECKING:
+    # Only for annotations: the gate imports the detectors and generators, which the command
+    # imports through with_gate once its input has been read and checked.
+    from consentry.gateway.gate import Gate
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -33,7 +36,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
 
     async def run(gate: Gate) -> int:
-        principal = await gate.principal_named(LOCAL_ACTOR, args.as_principal)
+        principal = await gate.principal_named(local_actor(), args.as_principal)
         release = await gate.generate(principal, req)
         note = "  (UNTRAINED model: the image is noise-like by design)" if release.untrained else ""
         how = f" mode={release.mode}" + (f" adapter={release.adapter_id}" if release.adapter_id else "")
@@ -45,14 +48,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"  {path}")
         return 0
 
-    return asyncio.run(with_gate(run))
+    return asyncio.run(with_gate(run, models=True))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     data = read_file(args.file)
+    from consentry.gateway.cli.render import provenance_text  # imports the watermark code, OpenCV
 
     async def run(gate: Gate) -> int:
-        report = await gate.verify_provenance(LOCAL_ACTOR, data)
+        report = await gate.verify_provenance(local_actor(), data)
         print(json.dumps(report.as_dict(), indent=2, default=str) if args.json else provenance_text(report))
         return 0
 
@@ -61,7 +65,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     async def run(gate: Gate) -> int:
-        report = await gate.verify_audit(LOCAL_ACTOR)
+        report = await gate.verify_audit(local_actor())
         if args.json:
             print(json.dumps(report.as_dict()))
         else:
@@ -94,7 +98,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         ) from exc
 
     async def run(gate: Gate) -> int:
-        async for line in export_lines(gate.audit_events(LOCAL_ACTOR), flt, args.format):
+        async for line in export_lines(gate.audit_events(local_actor()), flt, args.format):
             out.write(line)
         return 0
 

@@ -177,4 +177,4 @@ def cmd_enroll_library(args: argparse.Namespace) -> int:
         print(json.dumps({"id": identity.id, "label": identity.label, "group": group.number, "photos": used}))
         return 0
 
-    return asyncio.run(with_gate(run))
+    return asyncio.run(with_gate(run, models=True))

@@ -1,4 +1,8 @@
-"""Argument definitions of the ``consentry`` command (kept apart from what the commands do)."""
+"""Argument definitions of the ``consentry`` command (kept apart from what the commands do).
+
+Nothing here imports a command's implementation: each sub-command records its key in
+``args.handler`` and :func:`consentry.gateway.cli.main` imports the handler when it runs.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from consentry.policies.consent import Purpose
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
+def build(handlers: Mapping[str, object]) -> argparse.ArgumentParser:
+    """The parser; ``handlers`` maps each command key to its handler (only its keys are used)."""
     parser = argparse.ArgumentParser(
         prog="consentry", description="Consent and provenance gateway for personalized image generation."
     )
@@ -20,7 +25,9 @@ def build(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
 
     def command(name: str, key: str, help_text: str, parent: Any = sub) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=handlers[key])
+        if key not in handlers:
+            raise KeyError(f"no handler for command {key!r}")
+        p.set_defaults(handler=key)
         return p
 
     demo = command("demo", "demo", "Run the whole gate offline on public-domain photos; print decisions")

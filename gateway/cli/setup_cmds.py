@@ -6,8 +6,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from consentry.gateway.cli.common import load_settings
-from consentry.gateway.storage.db import Database
+from consentry.gateway.cli.common import load_settings, quiet_model_libraries
 from consentry.policies.errors import ConflictError
 
 
@@ -66,6 +65,7 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
     settings = load_settings()
     out = Path(args.dir) if args.dir else settings.model_dir
     assert out is not None
+    quiet_model_libraries()
     path = build_tiny_pipeline(out)
     print(f"tiny UNTRAINED diffusers pipeline saved to {path}")
     print("It produces noise-like images: it exists to run the gate offline, not to make pictures.")
@@ -75,7 +75,10 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from consentry.gateway.storage.db import Database
+
     settings = load_settings()  # fail early, with exit 2, on a bad configuration
+    quiet_model_libraries()
 
     async def migrate() -> None:
         # Once, here, before the workers start: N workers must not race to create the schema.
@@ -99,4 +102,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from consentry.gateway.demo import run_demo
 
-    return asyncio.run(run_demo(load_settings(), Path(args.out) if args.out else None))
+    settings = load_settings()
+    quiet_model_libraries()
+    return asyncio.run(run_demo(settings, Path(args.out) if args.out else None))

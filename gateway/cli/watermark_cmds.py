@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from consentry.provenance.watermark import Watermarker
+    from consentry.provenance.watermark_keys import WatermarkKeyring
+
+# Order of work in both commands: the keyring (a missing or corrupt one is reported first), then
+# the image (an unreadable one is reported before the watermark code and OpenCV are imported),
+# then the watermarker.
 
 
 def _image(path: str) -> Image.Image:
@@ -32,14 +37,18 @@ def _image(path: str) -> Image.Image:
     return decode_image(read_file(path), max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
 
 
-def _watermarker(*, create: bool) -> Watermarker:
-    """The deployment's watermarker. Embedding on a fresh deployment creates its first key, as
+def _keyring(*, create: bool) -> WatermarkKeyring:
+    """The deployment's watermark keys. Embedding on a fresh deployment creates its first key, as
     the gateway does on first run; decoding never invents a key that could not have marked."""
-    from consentry.provenance.watermark import Watermarker
     from consentry.provenance.watermark_keys import WatermarkKeyring
 
     keys_dir = load_settings().keys_dir
-    ring = WatermarkKeyring.load_or_create(keys_dir) if create else WatermarkKeyring.load(keys_dir)
+    return WatermarkKeyring.load_or_create(keys_dir) if create else WatermarkKeyring.load(keys_dir)
+
+
+def _watermarker(ring: WatermarkKeyring) -> Watermarker:
+    from consentry.provenance.watermark import Watermarker
+
     return Watermarker(ring)
 
 
@@ -48,12 +57,14 @@ def cmd_watermark_embed(args: argparse.Namespace) -> int:
         payload = bytes.fromhex(args.payload) if args.payload else secrets.token_bytes(8)
     except ValueError as exc:
         raise BadInputError("--payload must be 16 hex digits", code=codes.WATERMARK_PAYLOAD_INVALID) from exc
-    watermarker = _watermarker(create=True)
-    marked = watermarker.embed(_image(args.input), payload)
     out = Path(args.output)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}.get(out.suffix.lower())
     if fmt is None:
         raise BadInputError("OUT must end in .png, .jpg, .jpeg or .webp", code=codes.INPUT_OUTPUT_FORMAT)
+    ring = _keyring(create=True)
+    image = _image(args.input)
+    watermarker = _watermarker(ring)
+    marked = watermarker.embed(image, payload)
     buf = io.BytesIO()
     marked.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     try:
@@ -65,8 +76,10 @@ def cmd_watermark_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_watermark_decode(args: argparse.Namespace) -> int:
-    watermarker = _watermarker(create=False)
-    reading = watermarker.decode(_image(args.input))
+    ring = _keyring(create=False)
+    image = _image(args.input)
+    watermarker = _watermarker(ring)
+    reading = watermarker.decode(image)
     result = {
         "found": reading.found,
         "payload": reading.payload.hex() if reading.payload else None,
