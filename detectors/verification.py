@@ -13,10 +13,13 @@ without a face carries no likeness.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from consentry.detectors.index import IdentityScores
 from consentry.policies import codes
 from consentry.policies.decision import Verdict
+
+if TYPE_CHECKING:
+    from consentry.detectors.index import IdentityScores
 
 
 def _scores(subject_best: float, other_best: float, faces: int) -> dict[str, float]:

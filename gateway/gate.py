@@ -17,21 +17,17 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from PIL import Image
 
-from consentry.detectors.analyzer import Analyzer
-from consentry.detectors.enrollment import enrollment_templates
 from consentry.detectors.images import decode_image, sniff_mime
 from consentry.gateway.admission import Admission
 from consentry.gateway.flow import GateJob, GenerateFlow
 from consentry.gateway.health import Readiness, check_readiness
-from consentry.gateway.index_cache import IndexCache
 from consentry.gateway.logs import record_id
 from consentry.gateway.metrics import GateMetrics
-from consentry.gateway.models import Loadable
-from consentry.gateway.personalization import AdapterTraining, Progress, check_personalization
+from consentry.gateway.personalization import check_personalization
 from consentry.gateway.ratelimit import RateLimiter
 from consentry.gateway.release import REFUSED, audit_body
 from consentry.gateway.requests import (
@@ -64,6 +60,12 @@ from consentry.policies.errors import (
 from consentry.policies.roles import Action, Role, require
 from consentry.provenance.audit import ChainedEvent, ChainReport
 from consentry.provenance.verification import ProvenanceReport, ProvenanceVerifier
+
+if TYPE_CHECKING:
+    from consentry.detectors.analyzer import Analyzer
+    from consentry.gateway.index_cache import IndexCache
+    from consentry.gateway.models import Loadable
+    from consentry.gateway.personalization import AdapterTraining, Progress
 
 log = logging.getLogger("consentry.gate")
 
@@ -169,6 +171,8 @@ class Gate:
     # -- enrollment and consent -----------------------------------------------------------------
 
     async def enroll(self, actor: PrincipalView, req: EnrollmentRequest) -> IdentityView:
+        from consentry.detectors.enrollment import enrollment_templates
+
         require(actor.role, Action.enroll)
         s = self.settings
         images = await self._decode(req.photos)

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from consentry.gateway.models import Loadable
 from consentry.gateway.storage.audit_log import HEAD, AuditLog
 from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.tables import AuditHead
 from consentry.provenance.audit_signing import signature_ok
+
+if TYPE_CHECKING:
+    from consentry.gateway.models import Loadable
 
 
 @dataclass(frozen=True, slots=True)

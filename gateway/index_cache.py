@@ -7,10 +7,13 @@ so an enrollment or erasure made by another gateway process is seen by the next 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
-from consentry.detectors.analyzer import Analyzer
-from consentry.detectors.index import IdentityIndex
 from consentry.gateway.storage.subjects import Subjects
+
+if TYPE_CHECKING:
+    from consentry.detectors.analyzer import Analyzer
+    from consentry.detectors.index import IdentityIndex
 
 
 class IndexCache:
@@ -24,6 +27,8 @@ class IndexCache:
         self._lock = asyncio.Lock()
 
     async def get(self) -> IdentityIndex:
+        from consentry.detectors.index import IdentityIndex
+
         embedder = self.analyzer.embedder
         version = await self.subjects.templates_version(embedder.name)
         async with self._lock:

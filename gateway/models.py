@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from PIL import Image
 
-from consentry.detectors.analyzer import AnalyzedImage, Analyzer
-from consentry.detectors.embedders import Embedder
 from consentry.generation.base import (
     GenerationJob,
     GenerationOutput,
@@ -23,7 +21,11 @@ from consentry.generation.base import (
     GeneratorCapabilities,
     capabilities_of,
 )
-from consentry.generation.lora_training import LoraTrainingConfig, TrainedAdapter
+
+if TYPE_CHECKING:
+    from consentry.detectors.analyzer import AnalyzedImage, Analyzer  # noqa: F401 (the base class names it as a string)
+    from consentry.detectors.embedders import Embedder
+    from consentry.generation.lora_training import LoraTrainingConfig, TrainedAdapter
 
 M = TypeVar("M")
 
@@ -62,7 +64,7 @@ class _Lazy(Generic[M]):
         return self._model is not None
 
 
-class LazyAnalyzer(_Lazy[Analyzer]):
+class LazyAnalyzer(_Lazy["Analyzer"]):
     @property
     def embedder(self) -> Embedder:
         return self.model.embedder

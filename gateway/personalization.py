@@ -17,13 +17,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
 
-from consentry.detectors.analyzer import Analyzer
 from consentry.detectors.verification import judge_references
-from consentry.gateway.index_cache import IndexCache
 from consentry.gateway.requests import AdapterTrainingRequest, GenerationRequest
 from consentry.gateway.storage.adapters import Adapters, AdapterView
 from consentry.gateway.storage.audit_log import AuditLog
@@ -35,7 +33,6 @@ from consentry.generation.base import (
     GeneratorCapabilities,
     capabilities_of,
 )
-from consentry.generation.lora_training import LoraTrainingConfig, TrainedAdapter
 from consentry.policies import codes
 from consentry.policies.config import Settings
 from consentry.policies.consent import ConsentOutcome, GrantTerms, Purpose, evaluate_consent
@@ -48,6 +45,11 @@ from consentry.policies.errors import (
     NotFoundError,
     RefusedError,
 )
+
+if TYPE_CHECKING:
+    from consentry.detectors.analyzer import Analyzer
+    from consentry.gateway.index_cache import IndexCache
+    from consentry.generation.lora_training import LoraTrainingConfig, TrainedAdapter
 
 log = logging.getLogger("consentry.adapters")
 
@@ -96,6 +98,8 @@ class AdapterTraining:
         self._running: dict[str, _Running] = {}
 
     def config_for(self, req: AdapterTrainingRequest) -> LoraTrainingConfig:
+        from consentry.generation.lora_training import LoraTrainingConfig
+
         s = self.settings
         return LoraTrainingConfig(
             steps=s.adapter_steps if req.steps is None else req.steps,

@@ -13,16 +13,13 @@ import io
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
 
-from consentry.detectors.analyzer import Analyzer
 from consentry.detectors.images import sniff_mime
-from consentry.detectors.index import IdentityScores
 from consentry.detectors.verification import judge_outputs, judge_references, judge_unnamed
 from consentry.gateway.flow import GateJob, Refusal
-from consentry.gateway.index_cache import IndexCache
 from consentry.gateway.storage.subjects import Subjects
 from consentry.generation.base import AdapterWeights, GenerationMode, GenerationOutput, Generator
 from consentry.policies import codes
@@ -34,6 +31,11 @@ from consentry.provenance.keys import SigningMaterial
 from consentry.provenance.manifest import ManifestInfo, sign_image
 from consentry.provenance.outputs import MarkedImages, SignedImages
 from consentry.provenance.watermark import Watermarker
+
+if TYPE_CHECKING:
+    from consentry.detectors.analyzer import Analyzer
+    from consentry.detectors.index import IdentityScores
+    from consentry.gateway.index_cache import IndexCache
 
 POLICY_VERSION = "2026-12.1"
 

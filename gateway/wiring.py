@@ -7,16 +7,10 @@ receive finished components and never reach back.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from diffusers.utils import logging as diffusers_logging
 from PIL import Image
-from transformers.utils import logging as transformers_logging
 
-from consentry.detectors.analyzer import Analyzer, FaceAnalyzer
-from consentry.detectors.detection import FaceDetector
-from consentry.detectors.embedders import DlibResNetEmbedder, Embedder
-from consentry.detectors.facenet_embedder import FacenetEmbedder
-from consentry.detectors.microbatch import MicroBatchingAnalyzer
 from consentry.gateway import __version__
 from consentry.gateway.admission import Admission
 from consentry.gateway.flow import GenerateFlow, Stages
@@ -43,7 +37,6 @@ from consentry.gateway.storage.records import Records
 from consentry.gateway.storage.subjects import Subjects
 from consentry.gateway.storage.vault import TemplateVault, load_master_key
 from consentry.generation.base import Generator, capabilities_of
-from consentry.generation.diffusers_backend import DiffusersTextToImage
 from consentry.generation.ip_adapter_condition import IPAdapterCondition
 from consentry.policies import codes
 from consentry.policies.config import EmbedderKind, Settings, UnknownFaces
@@ -54,8 +47,17 @@ from consentry.provenance.verification import ProvenanceVerifier, load_trust_anc
 from consentry.provenance.watermark import Watermarker
 from consentry.provenance.watermark_keys import WatermarkKeyring
 
+if TYPE_CHECKING:
+    from consentry.detectors.analyzer import Analyzer, FaceAnalyzer
+    from consentry.detectors.embedders import Embedder
+
 
 def build_analyzer(settings: Settings) -> FaceAnalyzer:
+    from consentry.detectors.analyzer import FaceAnalyzer
+    from consentry.detectors.detection import FaceDetector
+    from consentry.detectors.embedders import DlibResNetEmbedder
+    from consentry.detectors.facenet_embedder import FacenetEmbedder
+
     detector = FaceDetector(device=settings.device, min_face_px=settings.min_face_px)
     embedder: Embedder
     if settings.embedder is EmbedderKind.facenet:
@@ -71,6 +73,8 @@ def build_analyzer(settings: Settings) -> FaceAnalyzer:
 
 def build_generator(settings: Settings) -> Generator:
     """The configured generator: the local diffusers pipeline, or an upstream HTTP service."""
+    from consentry.generation.diffusers_backend import DiffusersTextToImage
+
     # Imported here so this function is the one place in wiring that knows about upstream mode.
     from consentry.generation.upstream import UpstreamA1111, UpstreamOpenAIImages
     from consentry.policies.config import GeneratorKind
@@ -157,6 +161,9 @@ def build_rate_limiter(settings: Settings) -> RateLimiter:
 
 def quiet_libraries() -> None:
     """diffusers and transformers draw progress bars on every load; a server log wants none."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 
@@ -202,6 +209,8 @@ async def open_gate(
     # The stages' face analysis, micro-batched across concurrent requests when configured.
     stage_analyzer: Analyzer = lazy_analyzer
     if settings.face_batch_window_ms > 0:
+        from consentry.detectors.microbatch import MicroBatchingAnalyzer
+
         stage_analyzer = MicroBatchingAnalyzer(lazy_analyzer, settings.face_batch_window_ms / 1000.0)
     watermarker = Watermarker(WatermarkKeyring.load_or_create(keys_dir))
     index = IndexCache(subjects, lazy_analyzer)

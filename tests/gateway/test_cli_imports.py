@@ -106,11 +106,6 @@ def test_input_errors_found_before_the_gate_import_nothing_heavy(workdir: Path, 
     assert probe(workdir, *argv) == (2, [])
 
 
-@pytest.mark.xfail(
-    reason="the gate imports the detectors and generators at module level (gateway/gate.py, "
-    "gateway/wiring.py and what they import): see bench/cli_startup.py's heavy-imports column",
-    strict=False,
-)
 def test_gate_commands_import_no_model_library(workdir: Path) -> None:
     # open_gate makes the watermarker (OpenCV) for provenance checks; no model library is needed.
     code, heavy = probe(workdir, "audit", "verify")
