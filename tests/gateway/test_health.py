@@ -35,7 +35,9 @@ async def test_ready_fails_on_a_forged_head_but_does_not_walk_the_chain(db_clien
     assert not (await gate.verify_audit(LOCAL_ACTOR)).ok
     assert (await db_client.get("/health/ready")).status_code == 200
     # A head whose signature does not verify takes the replica out of rotation.
-    await execute(gate, "UPDATE audit_head SET hash = 'f' || substr(hash, 2)")
+    # Flip the first hex digit (a fixed 'f' left a head that already began with 'f' unchanged).
+    flipped = "CASE WHEN substr(hash, 1, 1) = '0' THEN '1' ELSE '0' END || substr(hash, 2)"
+    await execute(gate, f"UPDATE audit_head SET hash = {flipped}")
     r = await db_client.get("/health/ready")
     assert r.status_code == 503 and r.json()["audit_head_valid"] is False, r.text
     assert "audit head" in r.json()["problems"][0]
