@@ -42,11 +42,8 @@ import asyncio
 import csv
 import gc
 import hashlib
-import json
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -64,6 +61,7 @@ from common import (
     repo_on_path,
     write_results,
 )
+from sd15_random import ensure_built
 
 GOAL_SD15_PERCENT = 1.0
 GOAL_TURBO_GPU_PERCENT = 10.0
@@ -419,19 +417,8 @@ def summarize_runs(runs: list[dict[str, Any]], target_calls: int) -> dict[str, A
 
 
 def build(script: str, directory: Path) -> dict[str, Any]:
-    """Build a random pipeline in a subprocess (its peak memory stays out of this process),
-    unless ``directory`` already holds that build."""
-    module = __import__(Path(script).stem)
-    if not module.is_built(directory):
-        if directory.exists():
-            shutil.rmtree(directory)
-        path = Path(__file__).with_name(script)
-        subprocess.run([sys.executable, str(path), str(directory)], check=True, stdout=subprocess.DEVNULL)
-        built_now = True
-    else:
-        built_now = False
-    marker = json.loads((directory / "consentry-model.json").read_text(encoding="utf-8"))
-    return {**marker, "built_in_this_run": built_now, "directory": str(directory)}
+    """Build a random pipeline in a subprocess unless ``directory`` already holds that build."""
+    return ensure_built(script, directory)
 
 
 # --------------------------------------------------------------------------------- markdown

@@ -40,13 +40,10 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
-import json
 import os
 import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -712,18 +709,9 @@ def markdown(data: dict[str, Any]) -> str:
 
 def build_sd15(directory: Path) -> dict[str, Any]:
     """Build (in a subprocess, so its peak memory stays out of this process) unless present."""
-    from sd15_random import is_built
+    from sd15_random import ensure_built
 
-    if not is_built(directory):
-        if directory.exists():
-            shutil.rmtree(directory)
-        script = Path(__file__).with_name("sd15_random.py")
-        subprocess.run([sys.executable, str(script), str(directory)], check=True, stdout=subprocess.DEVNULL)
-        built_now = True
-    else:
-        built_now = False
-    marker = json.loads((directory / "consentry-model.json").read_text(encoding="utf-8"))
-    return {**marker, "built_in_this_run": built_now}
+    return ensure_built("sd15_random.py", directory)
 
 
 def main() -> int:

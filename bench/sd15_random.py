@@ -17,6 +17,8 @@ The folder gets a ``consentry-model.json`` marker with ``"untrained": true``, so
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -86,25 +88,37 @@ SD15_SCHEDULER: dict[str, Any] = {
 }
 
 
-def is_built(directory: Path) -> bool:
-    """Whether ``directory`` holds a complete build of this format (safe to reuse)."""
+def is_built(directory: Path, built_by: str = BUILT_BY) -> bool:
+    """Whether ``directory`` holds a complete build of this format by ``built_by`` (safe to reuse)."""
     try:
         marker = json.loads((directory / "consentry-model.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return (
         isinstance(marker, dict)
-        and marker.get("built_by") == BUILT_BY
+        and marker.get("built_by") == built_by
         and marker.get("format") == FORMAT
         and (directory / "model_index.json").is_file()
     )
 
 
-def build_sd15_random(out_dir: Path, *, seed: int = 0) -> dict[str, Any]:
-    """Build and ``save_pretrained`` the random SD-1.5-architecture pipeline into ``out_dir``
-    (which must be absent or empty); returns parameter counts and the build time."""
+def build_random_sd(
+    out_dir: Path,
+    *,
+    unet_config: dict[str, Any],
+    text_config: dict[str, Any],
+    scheduler: str,
+    scheduler_config: dict[str, Any],
+    built_by: str,
+    description: str,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Build and ``save_pretrained`` a Stable-Diffusion-layout pipeline with random weights into
+    ``out_dir`` (absent or empty), SD's VAE and the tiny pipeline's tokenizer; returns the marker
+    (parameter counts, build and save times)."""
     repo_on_path()
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    import diffusers
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from consentry.generation.tiny import _build_tokenizer
@@ -123,17 +137,17 @@ def build_sd15_random(out_dir: Path, *, seed: int = 0) -> dict[str, Any]:
                 bos_token_id=tokenizer.bos_token_id,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
-                **SD15_TEXT,
+                **text_config,
             )
         )
         vae = AutoencoderKL(**SD15_VAE)
-        unet = UNet2DConditionModel(**SD15_UNET)
+        unet = UNet2DConditionModel(**unet_config)
     pipe: Any = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=PNDMScheduler(**SD15_SCHEDULER),
+        scheduler=getattr(diffusers, scheduler)(**scheduler_config),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -145,13 +159,10 @@ def build_sd15_random(out_dir: Path, *, seed: int = 0) -> dict[str, Any]:
     counts = {name: sum(int(p.numel()) for p in module.parameters()) for name, module in modules.items()}
     info = {
         "untrained": True,
-        "built_by": BUILT_BY,
+        "built_by": built_by,
         "format": FORMAT,
         "seed": seed,
-        "description": (
-            "Stable Diffusion 1.5 ARCHITECTURE with RANDOM, untrained weights, built offline for "
-            "benchmarks. Outputs are noise; only timings and memory mean anything."
-        ),
+        "description": description,
         "parameters": counts,
         "tokenizer_vocab_size": len(tokenizer),
         "build_s": round(built_s, 2),
@@ -159,6 +170,37 @@ def build_sd15_random(out_dir: Path, *, seed: int = 0) -> dict[str, Any]:
     }
     (out_dir / "consentry-model.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
+
+
+def build_sd15_random(out_dir: Path, *, seed: int = 0) -> dict[str, Any]:
+    """The random SD-1.5-architecture pipeline (see the module docstring)."""
+    return build_random_sd(
+        out_dir,
+        unet_config=SD15_UNET,
+        text_config=SD15_TEXT,
+        scheduler="PNDMScheduler",
+        scheduler_config=SD15_SCHEDULER,
+        built_by=BUILT_BY,
+        description=(
+            "Stable Diffusion 1.5 ARCHITECTURE with RANDOM, untrained weights, built offline for "
+            "benchmarks. Outputs are noise; only timings and memory mean anything."
+        ),
+        seed=seed,
+    )
+
+
+def ensure_built(script: str, directory: Path) -> dict[str, Any]:
+    """Build with ``bench/SCRIPT DIR`` in a subprocess (its peak memory stays out of the caller)
+    unless ``directory`` already holds that build; the build's marker, and whether it was built now."""
+    module = __import__(Path(script).stem)
+    built_now = not module.is_built(directory)
+    if built_now:
+        if directory.exists():
+            shutil.rmtree(directory)
+        path = Path(__file__).with_name(script)
+        subprocess.run([sys.executable, str(path), str(directory)], check=True, stdout=subprocess.DEVNULL)
+    marker: dict[str, Any] = json.loads((directory / "consentry-model.json").read_text(encoding="utf-8"))
+    return {**marker, "built_in_this_run": built_now, "directory": str(directory)}
 
 
 def main(argv: list[str]) -> int:

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from common import repo_on_path
-from sd15_random import SD15_UNET, SD15_VAE
+from sd15_random import SD15_UNET, build_random_sd
+from sd15_random import is_built as sd15_is_built
 
 BUILT_BY = "consentry bench/sdturbo_random.py"
 FORMAT = 1
@@ -53,76 +51,25 @@ SDTURBO_SCHEDULER: dict[str, Any] = {
 
 def is_built(directory: Path) -> bool:
     """Whether ``directory`` holds a complete build of this format (safe to reuse)."""
-    try:
-        marker = json.loads((directory / "consentry-model.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (
-        isinstance(marker, dict)
-        and marker.get("built_by") == BUILT_BY
-        and marker.get("format") == FORMAT
-        and (directory / "model_index.json").is_file()
-    )
+    return sd15_is_built(directory, BUILT_BY)
 
 
 def build_sdturbo_random(out_dir: Path, *, seed: int = 0) -> dict[str, Any]:
     """Build and ``save_pretrained`` the random SD-Turbo-architecture pipeline into ``out_dir``
     (absent or empty); returns parameter counts and the build time."""
-    repo_on_path()
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from consentry.generation.tiny import _build_tokenizer
-
-    out_dir = Path(out_dir).resolve()
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise SystemExit(f"{out_dir} is not empty")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        tokenizer = _build_tokenizer(out_dir / "tokenizer")
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                **SDTURBO_TEXT,
-            )
-        )
-        vae = AutoencoderKL(**SD15_VAE)
-        unet = UNet2DConditionModel(**SDTURBO_UNET)
-    pipe: Any = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=EulerDiscreteScheduler(**SDTURBO_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    built_s = time.perf_counter() - started
-    pipe.save_pretrained(out_dir, safe_serialization=True)
-    modules: dict[str, Any] = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
-    counts = {name: sum(int(p.numel()) for p in module.parameters()) for name, module in modules.items()}
-    info = {
-        "untrained": True,
-        "built_by": BUILT_BY,
-        "format": FORMAT,
-        "seed": seed,
-        "description": (
+    return build_random_sd(
+        out_dir,
+        unet_config=SDTURBO_UNET,
+        text_config=SDTURBO_TEXT,
+        scheduler="EulerDiscreteScheduler",
+        scheduler_config=SDTURBO_SCHEDULER,
+        built_by=BUILT_BY,
+        description=(
             "SD-Turbo (SD 2.1) ARCHITECTURE with RANDOM, untrained weights, built offline for "
             "benchmarks. Outputs are noise; only timings and memory mean anything."
         ),
-        "parameters": counts,
-        "tokenizer_vocab_size": len(tokenizer),
-        "build_s": round(built_s, 2),
-        "save_s": round(time.perf_counter() - started - built_s, 2),
-    }
-    (out_dir / "consentry-model.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return info
+        seed=seed,
+    )
 
 
 def main(argv: list[str]) -> int:
