@@ -16,6 +16,7 @@ import pytest_asyncio
 from PIL import Image, ImageFilter, ImageOps
 
 from consentry.detectors.detection import FaceDetector
+from consentry.policies.config import Settings
 from tests.gateway.conftest import AppClient, b64
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -52,6 +53,20 @@ ATTACKS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "rotated 15": lambda im: im.rotate(15, resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0)),
     "small 64 px face": _small_face,
 }
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, dev_keys: Path) -> Settings:
+    # One principal sends every attempt within a second or two; the default burst (20) would
+    # answer the 21st with rate.limited on a fast machine. Rate limits have their own tests.
+    burst = len(PROTECTED) * len(ATTACKS)
+    return Settings(
+        data_dir=tmp_path_factory.mktemp("data"),
+        model_dir=tiny_model,
+        keys_dir=dev_keys,
+        device="cpu",
+        rate_limit_burst=burst,
+    )
 
 
 def png_b64(img: Image.Image) -> str:
