@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -51,6 +50,8 @@ def scale_guesses(y: NDArray[np.float32], tile: int, n: int = 2) -> list[float]:
     half of it only every other one, twice it only every other one too. The winner is refined
     on its highest multiple in range, which divides the sub-pixel error by that multiple.
     """
+    import cv2  # imported here: commands that never touch pixels start faster
+
     h, w = y.shape
     top, left = max(0, (h - _MAX_SIDE) // 2), max(0, (w - _MAX_SIDE) // 2)
     y = y[top : top + _MAX_SIDE, left : left + _MAX_SIDE]
@@ -93,6 +94,8 @@ def scale_guesses(y: NDArray[np.float32], tile: int, n: int = 2) -> list[float]:
 def rescale(y: NDArray[np.float32], scale: float) -> NDArray[np.float32]:
     """Undo a resize by ``scale``. Given ``fx``/``fy`` and no target size, OpenCV maps with the
     exact factor; a rounded target size would be off by up to half a pixel over the image."""
+    import cv2  # imported here: commands that never touch pixels start faster
+
     flags = cv2.INTER_CUBIC if scale < 1.0 else cv2.INTER_AREA
     # cv2's stubs type the result as any integer or float array; for float32 input it is float32,
     # so asarray only narrows the type (it returns the same array, no copy).

@@ -31,7 +31,6 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -114,6 +113,8 @@ def _layout(key: bytes, n_coded: int, tile: int) -> _Layout:
 
 def luma(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
     """BT.601 luma; adding the same value to R, G and B moves it by exactly that value."""
+    import cv2  # imported here: commands that never touch pixels start faster
+
     return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
 
 
@@ -203,6 +204,8 @@ class TiledSpreadSpectrum:
 
     @staticmethod
     def _mask(y: NDArray[np.float32]) -> NDArray[np.float32]:
+        import cv2  # imported here: commands that never touch pixels start faster
+
         activity = cv2.blur(np.abs(y - cv2.blur(y, (3, 3))), (9, 9))
         m = np.clip(activity / (float(activity.mean()) + 1e-6), *MASK_RANGE)
         return m / np.sqrt(np.mean(m * m))
