@@ -26,6 +26,7 @@ from consentry.policies import codes
 from consentry.policies.consent import Consent, evaluate_consent, evaluate_prompt
 from consentry.policies.decision import Verdict
 from consentry.policies.errors import StageError
+from consentry.policies.policy import Policy
 from consentry.provenance.ingredients import ReferenceIngredient
 from consentry.provenance.keys import SigningMaterial
 from consentry.provenance.manifest import ManifestInfo, sign_image
@@ -37,20 +38,18 @@ if TYPE_CHECKING:
     from consentry.detectors.index import IdentityScores
     from consentry.gateway.index_cache import IndexCache
 
-POLICY_VERSION = "2026-12.1"
-
-
 class ConsentStage:
     """A named subject needs a live grant that lets this principal generate them for this purpose
     and prompt; every request passes the deployment's prompt rules."""
 
-    def __init__(self, subjects: Subjects, deny_terms: Sequence[str]) -> None:
+    def __init__(self, subjects: Subjects, policy: Policy) -> None:
         self.subjects = subjects
-        self.deny_terms = tuple(deny_terms)
+        self.policy = policy
 
     async def check(self, job: GateJob) -> Consent:
+        deny_terms = self.policy.deny_terms_for(job.purpose)
         if job.subject is None:
-            verdict = evaluate_prompt(job.generation.prompt, self.deny_terms)
+            verdict = evaluate_prompt(job.generation.prompt, deny_terms)
             if not verdict.allowed:
                 raise Refusal(verdict)
             return Consent(None)
@@ -64,7 +63,7 @@ class ConsentStage:
             principal_id=job.principal.id,
             purpose=job.purpose or "",
             prompt=job.generation.prompt,
-            deployment_deny_terms=self.deny_terms,
+            deployment_deny_terms=deny_terms,
             now=datetime.now(UTC),
         )
         if outcome.grant is None:
@@ -198,10 +197,13 @@ def _used_references(job: GateJob, mode: GenerationMode) -> tuple[ReferenceIngre
 class SignStage:
     """Sign each marked output with a C2PA manifest; the consent assertion names the grant by hash."""
 
-    def __init__(self, load_material: Callable[[], SigningMaterial], generator_version: str) -> None:
+    def __init__(
+        self, load_material: Callable[[], SigningMaterial], generator_version: str, policy_version: str
+    ) -> None:
         # Loaded per request (in the worker thread): a renewed certificate is used at once.
         self.load_material = load_material
         self.generator_version = generator_version
+        self.policy_version = policy_version
 
     async def run(
         self,
@@ -223,7 +225,7 @@ class SignStage:
             consent_record_hash=hashlib.sha256(grant.id.encode()).hexdigest() if grant else None,
             purpose=job.purpose,
             verifier_scores=dict(scores.scores),
-            policy_version=POLICY_VERSION,
+            policy_version=self.policy_version,
             mode=generated.mode,
             adapter_id=generated.adapter_id,
             references=_used_references(job, generated.mode),

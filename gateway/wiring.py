@@ -41,6 +41,7 @@ from consentry.generation.ip_adapter_condition import IPAdapterCondition
 from consentry.policies import codes
 from consentry.policies.config import EmbedderKind, Settings, UnknownFaces
 from consentry.policies.errors import ConfigurationError
+from consentry.policies.policy import Policy, load_policy
 from consentry.provenance.audit_signing import AuditSigner
 from consentry.provenance.keys import load_signing_material
 from consentry.provenance.verification import ProvenanceVerifier, load_trust_anchors
@@ -128,11 +129,12 @@ def build_stages(
     generator: Generator,
     watermarker: Watermarker,
     adapters: Adapters,
+    policy: Policy,
 ) -> Stages:
     """The implementation of each step of :class:`GenerateFlow`, from the settings."""
     s, keys_dir = settings, settings.keys_dir
     return Stages(
-        consent=ConsentStage(subjects, s.deny_terms),
+        consent=ConsentStage(subjects, policy),
         references=ReferenceFacesStage(
             analyzer, index, s.match_threshold, allow_unknown=s.unknown_faces is UnknownFaces.allow
         ),
@@ -146,7 +148,7 @@ def build_stages(
             subject_threshold=s.output_match_threshold,
         ),
         watermark=WatermarkStage(watermarker),
-        sign=SignStage(lambda: load_signing_material(keys_dir), __version__),
+        sign=SignStage(lambda: load_signing_material(keys_dir), __version__, policy.version),
         release=ReleaseStage(audit, s.output_dir, keep_prompt=s.audit_prompts),
     )
 
@@ -182,6 +184,8 @@ async def open_gate(
     ``adjust_stages`` may swap single steps (``dataclasses.replace(stages, outputs=...)``), e.g.
     to put a deliberately failing check into the flow.
     """
+    # A bad policy file stops the gate before anything is opened or written.
+    policy = load_policy(settings.policy_file)
     db = Database(settings.database_url)
     await db.migrate()
     keys_dir = settings.keys_dir
@@ -191,6 +195,7 @@ async def open_gate(
         AuditSigner.load_or_create(keys_dir),
         settings.audit_checkpoint_every,
         observe=metrics.audit_append_seconds.observe,
+        policy_version=policy.version,
     )
     vault = TemplateVault(load_master_key(keys_dir))
     adapters = Adapters(db, vault, audit, settings.adapters_dir)
@@ -223,6 +228,7 @@ async def open_gate(
         generator=lazy_generator,
         watermarker=watermarker,
         adapters=adapters,
+        policy=policy,
     )
     if adjust_stages is not None:
         stages = adjust_stages(stages)

@@ -116,6 +116,7 @@ KEYS_WATERMARK_UNREADABLE = "keys.watermark_unreadable"
 
 # -- config: the deployment is misconfigured -----------------------------------------------------
 CONFIG_INVALID = "config.invalid"
+POLICY_INVALID = "policy.invalid"
 CONFIG_DEVICE = "config.device"
 CONFIG_DATABASE_URL = "config.database_url"
 CONFIG_TRUST_ANCHORS = "config.trust_anchors"

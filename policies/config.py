@@ -102,8 +102,10 @@ class Settings(BaseSettings):
     """Largest accepted decoded image (width x height); larger is refused before decoding."""
     max_references: int = Field(default=4, ge=0, le=MAX_REFERENCES)
     """Most reference images in one generation request."""
-    deny_terms: list[str] = Field(default_factory=lambda: ["nude", "naked", "nsfw"])
-    """Prompt terms the deployment refuses for every subject (case-insensitive words)."""
+    policy_file: Path | None = None
+    """The policy file (deny terms, categories by meaning, per-purpose rules, content and
+    enrollment policy; see ``policies/default_policy.toml``); relative: under ``data_dir``.
+    Unset: the shipped default policy."""
     generation_steps: int = Field(default=4, ge=1, le=MAX_STEPS)
     """Default denoising steps."""
     guidance_scale: float = Field(default=5.0, ge=0.0, le=MAX_GUIDANCE)
@@ -188,6 +190,8 @@ class Settings(BaseSettings):
         self.output_dir = self.data_dir / self.output_dir.expanduser()
         self.keys_dir = self.data_dir / self.keys_dir.expanduser()
         self.adapters_dir = self.data_dir / self.adapters_dir.expanduser()
+        if self.policy_file is not None:
+            self.policy_file = self.data_dir / self.policy_file.expanduser()
         if self.ip_adapter_weights is not None:
             self.ip_adapter_weights = self.data_dir / self.ip_adapter_weights.expanduser()
         if self.ip_adapter_image_encoder is not None:

@@ -48,6 +48,7 @@ class AuditLog:
         signer: AuditSigner,
         checkpoint_every: int = 100,
         observe: Callable[[float], None] | None = None,
+        policy_version: str | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
@@ -56,6 +57,8 @@ class AuditLog:
         self.checkpoint_every = checkpoint_every
         self.observe = observe
         """Called with each committed append's duration in seconds (the metrics histogram)."""
+        self.policy_version = policy_version
+        """The policy file's version, written into every event's body (None: not recorded)."""
         self._lock = asyncio.Lock()
 
     async def _take_write_lock(self, session: AsyncSession) -> None:
@@ -92,6 +95,8 @@ class AuditLog:
         head = (await session.execute(HEAD)).first()
         seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
         ts = datetime.now(UTC).isoformat(timespec="microseconds")
+        if self.policy_version is not None:
+            body = {**body, "policy_version": self.policy_version}
         event = seal(seq=seq, ts=ts, kind=kind, body=body, prev=prev)
         row = AuditEvent(
             seq=event.seq,

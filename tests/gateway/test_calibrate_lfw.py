@@ -22,7 +22,7 @@ from consentry.gateway.cli.calibrate_cmd import write_match_threshold
 from consentry.policies.config import Settings
 from consentry.policies.errors import ConfigurationError
 
-ORIGINAL_CONFIG = 'device = "cpu"\nstage_timeout_s = 77.0\ndeny_terms = ["nude", "gore"]\n'
+ORIGINAL_CONFIG = 'device = "cpu"\nstage_timeout_s = 77.0\npolicy_file = "/etc/consentry/policy.toml"\n'
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,11 @@ def test_settings_read_the_written_threshold(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("CONSENTRY_CONFIG", str(config))
     monkeypatch.delenv("CONSENTRY_MATCH_THRESHOLD", raising=False)
     s = Settings()
-    assert (s.match_threshold, s.stage_timeout_s, s.deny_terms) == (0.9137, 77.0, ["nude", "gore"])
+    assert (s.match_threshold, s.stage_timeout_s, s.policy_file) == (
+        0.9137,
+        77.0,
+        Path("/etc/consentry/policy.toml"),
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["c.toml"]  # no temporary file left behind
 
 

@@ -398,3 +398,29 @@ async def test_a_queued_request_that_waits_too_long_is_busy_not_a_late_timeout(b
     assert busy.value.code == codes.GATE_BUSY
     held[0].go.set()
     await first
+
+
+async def test_the_policy_file_decides_and_its_version_is_recorded(build: Build, tmp_path: Path) -> None:
+    from consentry.provenance.manifest import read_manifest
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        'version = "site-7"\n[prompt]\ndeny_terms = ["gore"]\n[purposes.portrait]\ndeny_terms = ["tattoo"]\n'
+    )
+    world = await build(policy_file=policy)
+    for prompt in ("gore at night", "a tattoo"):  # the deployment's term, then the purpose's
+        assert (await refused(world, world.ask(prompt))).code == codes.CONSENT_PROMPT_DENIED
+    release = await world.gate.generate(world.p, world.ask("nude portrait"))  # not in this policy
+    bodies = [e.body async for e in world.gate.audit.events()]
+    assert bodies and all(b["policy_version"] == "site-7" for b in bodies)
+    report = read_manifest(release.images[0], "image/png", None)
+    assert report.consent is not None and report.consent["policy_version"] == "site-7"
+
+
+async def test_a_broken_policy_file_stops_the_gate_before_it_opens(build: Build, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text('version = "x"\n[content]\nthreshold = 7\n')
+    with pytest.raises(ConsentryError) as caught:
+        await build(policy_file=policy)
+    assert caught.value.code == codes.POLICY_INVALID
+    assert not (tmp_path / "consentry.db").exists(), "nothing is written for a bad policy"

@@ -22,12 +22,14 @@ def test_defaults_put_all_state_under_data_dir(tmp_path: Path, monkeypatch: pyte
 
 def test_toml_then_environment_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     toml = tmp_path / "consentry.toml"
-    toml.write_text('match_threshold = 0.95\nunknown_faces = "allow"\ndeny_terms = ["gore"]\n')
+    toml.write_text(
+        'match_threshold = 0.95\nunknown_faces = "allow"\npolicy_file = "/etc/consentry/policy.toml"\n'
+    )
     monkeypatch.setenv("CONSENTRY_CONFIG", str(toml))
     monkeypatch.setenv("CONSENTRY_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("CONSENTRY_UNKNOWN_FACES", "refuse")
     s = Settings()
-    assert s.match_threshold == 0.95 and s.deny_terms == ["gore"]
+    assert s.match_threshold == 0.95 and s.policy_file == Path("/etc/consentry/policy.toml")
     assert s.unknown_faces.value == "refuse"  # the environment wins over the file
 
 

