@@ -10,6 +10,7 @@ development machines are shared, and a figure taken under load says so.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -72,6 +73,19 @@ class Timing:
             "max_ms": round(max(self.samples_ms), 4),
             "runs": len(self.samples_ms),
         }
+
+
+def one_person_photos(root: Path, count: int) -> tuple[list[Path], Path]:
+    """``count`` single-face LFW photos of one person (to enroll or train on), and one more of
+    the same person as a reference: the first person, by name, with enough such photos."""
+    people: dict[str, list[Path]] = {}
+    with (root / "manifest.csv").open() as f:
+        for row in csv.DictReader(f):
+            if row["path"].startswith("lfw/") and row["faces"] == "1":
+                people.setdefault(row["person"], []).append(root / row["path"])
+    person = sorted(name for name, paths in people.items() if len(paths) > count)[0]
+    paths = sorted(people[person])
+    return paths[:count], paths[count]
 
 
 def measure(

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import gc
 import hashlib
 import shutil
@@ -58,6 +57,7 @@ from common import (
     goal_text,
     machine_info,
     md_table,
+    one_person_photos,
     repo_on_path,
     write_results,
 )
@@ -89,18 +89,6 @@ def versions() -> dict[str, str]:
         "facenet_pytorch": getattr(facenet_pytorch, "__version__", "?"),
         "torch": torch.__version__,
     }
-
-
-def pick_photos(root: Path, count: int) -> tuple[list[Path], Path]:
-    """``count`` single-face LFW photos of one person to enroll, and one more as reference."""
-    people: dict[str, list[Path]] = {}
-    with (root / "manifest.csv").open() as f:
-        for row in csv.DictReader(f):
-            if row["path"].startswith("lfw/") and row["faces"] == "1":
-                people.setdefault(row["person"], []).append(root / row["path"])
-    person = sorted(name for name, paths in people.items() if len(paths) > count)[0]
-    paths = sorted(people[person])
-    return paths[:count], paths[count]
 
 
 # ------------------------------------------------------------------------------ instruments
@@ -516,7 +504,7 @@ def main() -> int:
 
     started = time.perf_counter()
     data: dict[str, Any] = {"machine": machine_info(), "versions": versions()}
-    enroll_paths, reference_path = pick_photos(faces_dir(), 3)
+    enroll_paths, reference_path = one_person_photos(faces_dir(), 3)
     data["photos"] = {"enrolled": [p.name for p in enroll_paths], "reference": reference_path.name}
     work = (args.work or Path(tempfile.mkdtemp(prefix="consentry-bench-gate-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)

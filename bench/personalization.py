@@ -38,7 +38,6 @@ Writes bench/results/personalization.{json,md}. About 10-11 minutes here (2 core
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import os
 import resource
@@ -52,7 +51,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import faces_dir, goal, goal_text, machine_info, md_table, measure_interleaved, repo_on_path
+from common import (
+    faces_dir,
+    goal,
+    goal_text,
+    machine_info,
+    md_table,
+    measure_interleaved,
+    one_person_photos,
+    repo_on_path,
+)
 from common import write_results as write_results_files
 from PIL import Image
 
@@ -158,18 +166,6 @@ def versions() -> dict[str, str]:
         "safetensors": safetensors.__version__,
         "torch": torch.__version__,
     }
-
-
-def pick_photos(root: Path, count: int) -> tuple[list[Path], Path]:
-    """``count`` single-face LFW photos of one person for training, and one more as reference."""
-    people: dict[str, list[Path]] = {}
-    with (root / "manifest.csv").open() as f:
-        for row in csv.DictReader(f):
-            if row["path"].startswith("lfw/") and row["faces"] == "1":
-                people.setdefault(row["person"], []).append(root / row["path"])
-    person = sorted(name for name, paths in people.items() if len(paths) > count)[0]
-    paths = sorted(people[person])
-    return paths[:count], paths[count]
 
 
 def load_images(paths: list[Path]) -> list[Image.Image]:
@@ -739,7 +735,7 @@ def main() -> int:
 
     started = time.perf_counter()
     data: dict[str, Any] = {"machine": machine_info(), "versions": versions()}
-    photo_paths, reference_path = pick_photos(faces_dir(), 3)
+    photo_paths, reference_path = one_person_photos(faces_dir(), 3)
     photos = load_images(photo_paths)
     reference = load_images([reference_path])[0]
     data["photos"] = {"training": [p.name for p in photo_paths], "img2img_reference": reference_path.name}
