@@ -17,6 +17,7 @@ images.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from PIL import Image, ImageOps
 repo_on_path()
 
 SIDE = 512
+CLASSIFIER = "content classifier (open_nsfw)"
+FACE_STAGE = "face stage (detect+align+embed)"
 THRESHOLDS = (0.2, 0.5, 0.8)
 BINS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.8, 1.0000001)
 
@@ -110,20 +113,26 @@ def speed(root: Path, repeats: int) -> dict[str, Any]:
     classifier = OpenNsfwClassifier()
     classifier.load()
     analyzer = build_analyzer(Settings(device="cpu"))
-    rows = []
+    rows: list[dict[str, Any]] = []
+    classifier_ms: dict[int, float] = {}
+    face_ms: dict[int, float] = {}
     for batch in (1, 4):
+
         def pick(i: int, batch: int = batch) -> list[Image.Image]:
             start = (i * batch) % len(images)
             return [images[(start + k) % len(images)] for k in range(batch)]
 
+        def classify(i: int, pick: Callable[[int], list[Image.Image]] = pick) -> object:
+            return classifier.explicit_scores(pick(i))
+
+        def faces(i: int, pick: Callable[[int], list[Image.Image]] = pick) -> object:
+            return analyzer.analyze(pick(i))
+
         timings = measure_interleaved(
-            {
-                "content classifier (open_nsfw)": lambda i, pick=pick: classifier.explicit_scores(pick(i)),
-                "face stage (detect+align+embed)": lambda i, pick=pick: analyzer.analyze(pick(i)),
-            },
-            repeats=repeats,
-            warmup=2,
+            {CLASSIFIER: classify, FACE_STAGE: faces}, repeats=repeats, warmup=2
         )
+        classifier_ms[batch] = timings[CLASSIFIER].median_ms / batch
+        face_ms[batch] = timings[FACE_STAGE].median_ms / batch
         for variant, t in timings.items():
             rows.append(
                 {
@@ -134,8 +143,6 @@ def speed(root: Path, repeats: int) -> dict[str, Any]:
                     **t.summary(),
                 }
             )
-    classifier_ms = {r["batch"]: r["ms_per_image"] for r in rows if r["variant"].startswith("content")}
-    face_ms = {r["batch"]: r["ms_per_image"] for r in rows if r["variant"].startswith("face")}
     return {
         "image_side": SIDE,
         "photos": len(images),
