@@ -32,10 +32,13 @@ CONSENT = "consent"
 VERIFY_REFS = "verify_refs"
 GENERATE = "generate"
 VERIFY_OUTPUT = "verify_output"
+VERIFY_CONTENT = "verify_content"
 WATERMARK = "watermark"
 SIGN = "sign"
 RELEASE = "release"
-STAGES: tuple[str, ...] = (CONSENT, VERIFY_REFS, GENERATE, VERIFY_OUTPUT, WATERMARK, SIGN, RELEASE)
+STAGES: tuple[str, ...] = (
+    CONSENT, VERIFY_REFS, GENERATE, VERIFY_OUTPUT, VERIFY_CONTENT, WATERMARK, SIGN, RELEASE
+)
 """Every step of the flow, in the order :meth:`GenerateFlow.run` takes them. Audit bodies,
 responses and the demo's table are keyed by these names."""
 
@@ -95,6 +98,13 @@ class OutputCheck(Protocol):
     async def check(self, job: GateJob, generated: GenerationOutput) -> Verdict: ...
 
 
+class ContentCheck(Protocol):
+    async def check(self, job: GateJob, generated: GenerationOutput, faces: Verdict) -> Verdict:
+        """Judge the outputs' content; ``faces`` is the output faces verdict (whose faces the
+        outputs show)."""
+        ...
+
+
 class Marker(Protocol):
     async def run(self, generated: GenerationOutput, payload: bytes) -> MarkedImages: ...
 
@@ -132,6 +142,7 @@ class Stages:
     references: ReferenceCheck
     generate: ImageMaker
     outputs: OutputCheck
+    content: ContentCheck
     watermark: Marker
     sign: Signer
     release: Releaser
@@ -221,6 +232,11 @@ class FlowResult:
     released: ReleasedImages | None = None
 
 
+def _output_scores(*checks: Verdict) -> Verdict:
+    """What the output checks measured, together: the manifest's ``verifier_scores``."""
+    return Verdict.allow("output checks", **{k: v for check in checks for k, v in check.scores.items()})
+
+
 class GenerateFlow:
     def __init__(self, stages: Stages, timeout_s: float) -> None:
         self.stages = stages
@@ -233,8 +249,10 @@ class GenerateFlow:
             await trace.check(VERIFY_REFS, s.references.check(job))
             generated = await trace.make(GENERATE, s.generate.run(job))
             output_faces = await trace.check(VERIFY_OUTPUT, s.outputs.check(job, generated))
+            content = await trace.check(VERIFY_CONTENT, s.content.check(job, generated, output_faces))
             marked = await trace.make(WATERMARK, s.watermark.run(generated, job.payload))
-            signed = await trace.make(SIGN, s.sign.run(job, consent, generated, marked, output_faces))
+            scores = _output_scores(output_faces, content)
+            signed = await trace.make(SIGN, s.sign.run(job, consent, generated, marked, scores))
             released = await trace.make(
                 RELEASE, s.release.run(job, consent, generated, signed, trace.decision())
             )

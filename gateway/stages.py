@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
 
+from consentry.detectors.content import judge_content, shows_enrolled_likeness
 from consentry.detectors.images import sniff_mime
 from consentry.detectors.verification import judge_outputs, judge_references, judge_unnamed
 from consentry.gateway.flow import GateJob, Refusal
@@ -35,6 +36,7 @@ from consentry.provenance.watermark import Watermarker
 
 if TYPE_CHECKING:
     from consentry.detectors.analyzer import Analyzer
+    from consentry.detectors.content import ContentClassifier
     from consentry.detectors.index import IdentityScores
     from consentry.gateway.index_cache import IndexCache
 
@@ -154,6 +156,34 @@ class OutputFacesStage:
             threshold=self.threshold,
             require_face=self.require_face,
             subject_threshold=self.subject_threshold,
+        )
+
+
+class ContentStage:
+    """Explicit output that shows an enrolled person's face is always refused; explicit output
+    without one follows the policy (the deployment's setting, tightened per purpose). Takes the
+    output faces verdict: that check already decided whose faces the outputs show."""
+
+    def __init__(self, classifier: ContentClassifier | None, policy: Policy) -> None:
+        self.classifier = classifier
+        self.policy = policy
+
+    async def check(self, job: GateJob, generated: GenerationOutput, faces: Verdict) -> Verdict:
+        classifier = self.classifier
+        if classifier is None:
+            return Verdict.allow("no content classifier is configured")
+        try:
+            explicit = await asyncio.to_thread(classifier.explicit_scores, generated.images)
+        except Exception as exc:
+            # A classifier that cannot score (missing or bad model, runtime error) refuses:
+            # stage.error, whatever the cause, which the reason names.
+            reason = f"content classifier {classifier.name} failed: {exc}"
+            raise StageError(reason, code=codes.STAGE_ERROR) from exc
+        return judge_content(
+            explicit,
+            threshold=self.policy.content.threshold,
+            enrolled_likeness=shows_enrolled_likeness(faces, subject_named=job.subject is not None),
+            allow_explicit=self.policy.explicit_allowed_for(job.purpose),
         )
 
 

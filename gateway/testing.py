@@ -9,8 +9,11 @@ monkeypatching.
   and the face rules work exactly as with real models.
 - :class:`PhotoGenerator` "draws" a given photo: register it with the analyzer and the output
   check sees that person in the output.
-- :class:`FailingGenerator` and :class:`FailingCheck` fail (raise, or hang past the stage budget)
-  so fail-closed behaviour can be shown for any step.
+- :class:`FingerprintClassifier` scores images for explicit content by fingerprint: mark a
+  photo explicit and the content check sees it so (no explicit picture is needed to test the
+  rules).
+- :class:`FailingGenerator`, :class:`FailingCheck` and :class:`FailingClassifier` fail (raise, or
+  hang past the stage budget) so fail-closed behaviour can be shown for any step.
 """
 
 from __future__ import annotations
@@ -200,6 +203,58 @@ class FailingGenerator:
         if self.hang_s:
             time.sleep(self.hang_s)
         raise self.error or RuntimeError("the generator crashed")
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+@dataclass
+class FingerprintClassifier:
+    """A :class:`~consentry.detectors.content.ContentClassifier` that knows which images are
+    explicit by their fingerprint: marked images get their marked score, others score 0."""
+
+    name: str = "fake-fingerprint-classifier"
+    _explicit: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    calls: int = 0
+
+    def mark(self, image: Image.Image, score: float = 1.0) -> Image.Image:
+        """Declare that ``image`` scores ``score`` (default: certainly explicit); returns it."""
+        with self._lock:
+            self._explicit[fingerprint(image)] = score
+        return image
+
+    @property
+    def loaded(self) -> bool:
+        return True
+
+    def load(self) -> None:
+        """Nothing to load."""
+
+    def explicit_scores(self, images: Sequence[Image.Image]) -> list[float]:
+        with self._lock:
+            self.calls += 1
+            return [self._explicit.get(fingerprint(img), 0.0) for img in images]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class FailingClassifier:
+    """A content classifier whose model raises ``error`` when it scores, as a crashing
+    onnxruntime session would."""
+
+    name = "failing-classifier"
+    loaded = True
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error or RuntimeError("the content classifier crashed")
+
+    def load(self) -> None:
+        """Loads fine; scoring fails."""
+
+    def explicit_scores(self, images: Sequence[Image.Image]) -> list[float]:
+        raise self.error
 
     def close(self) -> None:
         """Nothing to release."""

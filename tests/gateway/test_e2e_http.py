@@ -69,12 +69,14 @@ async def test_granted_principal_gets_a_watermarked_signed_image(client, world, 
         "verify_refs",
         "generate",
         "verify_output",
+        "verify_content",
         "watermark",
         "sign",
         "release",
     ]
     assert all(v["allowed"] for v in body["stages"].values())
     assert body["stages"]["verify_refs"]["scores"]["subject_min"] >= 0.9
+    assert 0.0 <= body["stages"]["verify_content"]["scores"]["explicit_max"] < 0.8  # open_nsfw ran
     png = base64.b64decode(body["images"][0])
     assert Image.open(io.BytesIO(png)).size == (256, 256)
 

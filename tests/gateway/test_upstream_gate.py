@@ -104,6 +104,8 @@ async def test_a_normal_prompt_is_released_watermarked_signed_and_audited(
     prompt = f"a lighthouse at dusk ({kind})"
     release = await gate.generate(requester, GenerationRequest(prompt=prompt))
     assert release.decision.code == codes.RELEASED
+    # The upstream's image went through the content step like a local one (real open_nsfw).
+    assert release.decision.verdicts["verify_content"].scores["explicit_max"] < 0.8
     port = upstream.url.rsplit(":", 1)[1]
     assert release.model == (
         f"openai:default@127.0.0.1:{port}" if kind == "openai" else f"a1111@127.0.0.1:{port}"
