@@ -154,6 +154,12 @@ def new_browser(world: ConsoleWorld) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url="http://testserver")
 
 
+def plant(client: httpx.AsyncClient, name: str, value: str) -> None:
+    """Put a cookie in ``client``'s jar as the console's own would be (httpx files a dotless
+    host's cookies under ``HOST.local``)."""
+    client.cookies.set(name, value, domain="testserver.local", path="/console")
+
+
 async def sign_in(
     world: ConsoleWorld, role: str, client: httpx.AsyncClient | None = None
 ) -> httpx.AsyncClient:
@@ -165,4 +171,3 @@ async def sign_in(
     )
     assert r.status_code == 303, r.text
     return c
-
