@@ -64,11 +64,11 @@ def _int(raw: str | None, name: str) -> int | None:
         raise BadInputError(f"{name} must be a whole number", code=codes.CONSOLE_FILTER_INVALID) from exc
 
 
-def _params(request: AnyRequest, names: tuple[str, ...]) -> dict[str, str]:
+def _params(request: AnyRequest, names: tuple[str, ...], longest: int = 100) -> dict[str, str]:
     out = {}
     for name in names:
         value = request.query_params.get(name, "")
-        if len(value) > 100:
+        if len(value) > longest:
             raise BadInputError(f"{name} is too long", code=codes.CONSOLE_FILTER_INVALID)
         out[name] = value.strip()
     return out
@@ -181,7 +181,8 @@ class ConsoleController(Controller):
         if not page.can["read_audit"]:
             # Operators read no audit log (as on the API): their console starts at identities.
             return Redirect(console_base + "/identities", status_code=303)
-        days = _int(request.query_params.get("days"), "days") or 14
+        given = _int(request.query_params.get("days"), "days")
+        days = 14 if given is None else given
         if not 1 <= days <= 366:
             raise BadInputError("days must be 1-366", code=codes.CONSOLE_FILTER_INVALID)
         ov = await console.overview(viewer.principal, days)
@@ -303,7 +304,7 @@ class ConsoleController(Controller):
     ) -> Response[str]:
         viewer = await _signed_in(request, console)
         detail = await console.identity(viewer.principal, identity_id)
-        notice = _params(request, ("revoked", "adapters_deleted", "erased"))
+        notice = _params(request, ("revoked", "adapters_deleted", "erased"), longest=300)
         return html_response(
             "identity.html",
             page=_page(console_base, viewer),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from consentry.gateway.flow import STAGES
@@ -96,6 +96,9 @@ class ComplianceReport:
     recomputed: ChainReport | None
     generated_at: datetime
     names: dict[str, str] = field(default_factory=dict)
+    erasures: dict[int, dict[str, int]] = field(default_factory=dict)
+    """Per ``identity.erased`` event (by seq): what the erasure took with it beyond its event's
+    own counts (grants revoked, records flagged, templates destroyed)."""
 
 
 class ConsoleService:
@@ -173,7 +176,8 @@ class ConsoleService:
 
     async def overview(self, viewer: PrincipalView, days: int) -> Overview:
         require(viewer.role, Action.read_audit)
-        until = self.clock()
+        # The audit log's own time, not the sessions' clock (which tests move by hand).
+        until = datetime.now(UTC)
         since = until - timedelta(days=days)
         buckets = await self.audit.decisions_over_time(since, until, 10 if days > 2 else 13)
         bodies = await self.audit.recent_generations(TIMING_SAMPLE)
@@ -221,6 +225,11 @@ class ConsoleService:
             names=await self.people.principal_names(
                 [a for e in cascades if isinstance(a := e.body.get("actor"), str)]
             ),
+            erasures={
+                e.seq: await self.people.erasure_cascade(e.body["identity_id"])
+                for e in cascades
+                if e.kind == "identity.erased" and isinstance(e.body.get("identity_id"), str)
+            },
         )
 
     # -- identities ------------------------------------------------------------------------------

@@ -16,7 +16,15 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 
 from consentry.gateway.storage.db import Database
-from consentry.gateway.storage.tables import Adapter, EnrollmentPhoto, Grant, Identity, Principal
+from consentry.gateway.storage.tables import (
+    Adapter,
+    AuditEvent,
+    EnrollmentPhoto,
+    GenerationRecord,
+    Grant,
+    Identity,
+    Principal,
+)
 from consentry.provenance.audit import canonical_json
 
 
@@ -177,3 +185,30 @@ class IdentityQueries:
     async def principal_by_name(self, name: str) -> str | None:
         async with self.db.session() as session:
             return await session.scalar(select(Principal.id).where(Principal.name == name))
+
+    async def erasure_cascade(self, identity_id: str) -> dict[str, int]:
+        """What erasing ``identity_id`` took with it, beyond what its audit event counts: the
+        grants it revoked (revoked at the erasure's own instant), the records it flagged, and the
+        templates it destroyed (as many as were enrolled: templates are never added later)."""
+        async with self.db.session() as session:
+            erased_at = await session.scalar(select(Identity.erased_at).where(Identity.id == identity_id))
+            if erased_at is None:
+                return {}
+            grants = await session.scalar(
+                select(func.count()).where(Grant.identity_id == identity_id, Grant.revoked_at == erased_at)
+            )
+            records = await session.scalar(
+                select(func.count()).where(
+                    GenerationRecord.identity_id == identity_id, GenerationRecord.subject_erased
+                )
+            )
+            enrolled = await session.scalar(
+                select(AuditEvent.body).where(
+                    AuditEvent.identity_id == identity_id, AuditEvent.kind == "identity.enrolled"
+                )
+            )
+        templates = enrolled.get("templates") if isinstance(enrolled, dict) else None
+        out = {"grants_revoked": int(grants or 0), "records_flagged": int(records or 0)}
+        if isinstance(templates, int):
+            out["templates_destroyed"] = templates
+        return out
