@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from consentry.gateway.console.aggregates import DayRollup, RecentTimings, Row
 from consentry.gateway.flow import STAGES
 from consentry.gateway.gate import Gate
 from consentry.gateway.storage.adapters import AdapterView
@@ -113,6 +114,18 @@ class ConsoleService:
         )
         self.page_size = s.console_page_size
         self.last_verification: tuple[datetime, ChainReport] | None = None
+        self.rollup = DayRollup(self.audit)
+        self.timings = RecentTimings(self.audit, TIMING_SAMPLE)
+        self.verified_points: set[tuple[int, str]] = set()
+
+    async def _series(self, since: datetime, until: datetime) -> tuple[list[Row], list[Row]]:
+        """All events by (bucket, kind, code), and the generation decisions among them: by day
+        (closed days from the rollup) for ranges over two days, else by hour."""
+        if (until - since) > timedelta(days=2):
+            rows = await self.rollup.rows(since, until)
+        else:
+            rows = await self.audit.grouped(since, until, 13)
+        return rows, [r for r in rows if r[1] in GENERATION_KINDS]
 
     # -- the audit log ---------------------------------------------------------------------------
 
@@ -179,15 +192,14 @@ class ConsoleService:
         # The audit log's own time, not the sessions' clock (which tests move by hand).
         until = datetime.now(UTC)
         since = until - timedelta(days=days)
-        buckets = await self.audit.decisions_over_time(since, until, 10 if days > 2 else 13)
-        bodies = await self.audit.recent_generations(TIMING_SAMPLE)
+        _, buckets = await self._series(since, until)
+        recent = await self.timings.bodies()
         timings = []
         for stage in STAGES:
             values = sorted(
                 float(v["elapsed_ms"])
-                for body in bodies
-                if isinstance(v := (body.get("stages") or {}).get(stage), dict)
-                and isinstance(v.get("elapsed_ms"), int | float)
+                for stages in recent
+                if isinstance(v := stages.get(stage), dict) and isinstance(v.get("elapsed_ms"), int | float)
             )
             timings.append(StageTiming(stage, len(values), percentile(values, 50), percentile(values, 95)))
         head = await self.audit.head(self.gate.audit.signer.public_key)
@@ -206,20 +218,25 @@ class ConsoleService:
         require(viewer.role, Action.read_audit)
         if until <= since:
             raise BadInputError("the report's end must be after its start", code=codes.CONSOLE_FILTER_INVALID)
-        days = (until - since).total_seconds() / 86400
         key = self.gate.audit.signer.public_key
+        everything, buckets = await self._series(since, until)
+        totals: dict[tuple[str, str], int] = {}
+        for _, kind, code, n in everything:
+            totals[(kind, code)] = totals.get((kind, code), 0) + n
         span = await self.audit.seq_span(since, until)
         cascades = await self.audit.of_kinds(CASCADE_KINDS, since, until)
         recomputed = await self.verify_chain(viewer) if recompute else None
         return ComplianceReport(
             since=since,
             until=until,
-            counts=await self.audit.counts(since, until),
-            buckets=await self.audit.decisions_over_time(since, until, 10 if days > 2 else 13),
+            counts=sorted((kind, code, n) for (kind, code), n in totals.items()),
+            buckets=buckets,
             cascades=cascades,
             head=await self.audit.head(key),
             span=span,
-            checkpoints=await self.audit.checkpoints(span[0], span[1], key) if span else None,
+            checkpoints=await self.audit.checkpoints(span[0], span[1], key, self.verified_points)
+            if span
+            else None,
             recomputed=recomputed,
             generated_at=self.clock(),
             names=await self.people.principal_names(

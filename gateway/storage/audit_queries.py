@@ -185,35 +185,30 @@ class AuditQueries:
                 yield _event(row)
             after = rows[-1].seq
 
-    async def decisions_over_time(
+    async def grouped(
         self, since: datetime, until: datetime, bucket_chars: int = 10
     ) -> list[tuple[str, str, str, int]]:
-        """``(bucket, kind, code, count)`` of generation decisions in [since, until); the bucket is
-        the first ``bucket_chars`` of the timestamp (10: a UTC day, 13: an hour). Reads only the
-        (kind, ts, code) index."""
+        """``(bucket, kind, code, count)`` of every event in [since, until)."""
         bucket = func.substr(AuditEvent.ts, 1, bucket_chars).label("bucket")
         query: Select[Any] = (
             select(bucket, AuditEvent.kind, AuditEvent.code, func.count())
-            .where(
-                AuditEvent.kind.in_(GENERATION_KINDS),
-                AuditEvent.ts >= ts_text(since),
-                AuditEvent.ts < ts_text(until),
-            )
+            .where(AuditEvent.ts >= ts_text(since), AuditEvent.ts < ts_text(until))
             .group_by(bucket, AuditEvent.kind, AuditEvent.code)
         )
         async with self.db.session() as session:
             rows = (await session.execute(query)).all()
         return sorted((str(b), str(k), str(c or ""), int(n)) for b, k, c, n in rows)
 
-    async def counts(self, since: datetime, until: datetime) -> list[tuple[str, str, int]]:
-        """``(kind, code, count)`` of every event in [since, until)."""
-        terms = await self._conditions(EventFilter(since=since, until=until))
-        if terms is None:
-            return []
-        query = select(AuditEvent.kind, AuditEvent.code, func.count()).where(*terms)
+    async def recent_generations_after(self, after: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """``(seq, body)`` of the last ``limit`` generation decisions with ``seq > after``, newest first."""
+        query = (
+            select(AuditEvent.seq, AuditEvent.body)
+            .where(AuditEvent.kind.in_(GENERATION_KINDS), AuditEvent.seq > after)
+            .order_by(AuditEvent.seq.desc())
+            .limit(limit)
+        )
         async with self.db.session() as session:
-            rows = (await session.execute(query.group_by(AuditEvent.kind, AuditEvent.code))).all()
-        return sorted((str(k), str(c or ""), int(n)) for k, c, n in rows)
+            return [(int(q), b) for q, b in (await session.execute(query)).all()]
 
     async def of_kinds(
         self, kinds: Sequence[str], since: datetime, until: datetime, limit: int = 1000
@@ -228,17 +223,6 @@ class AuditQueries:
         async with self.db.session() as session:
             return [_event(r) for r in (await session.scalars(query)).all()]
 
-    async def recent_generations(self, limit: int) -> list[dict[str, Any]]:
-        """Bodies of the last ``limit`` generation decisions, newest first."""
-        query = (
-            select(AuditEvent.body)
-            .where(AuditEvent.kind.in_(GENERATION_KINDS))
-            .order_by(AuditEvent.seq.desc())
-            .limit(limit)
-        )
-        async with self.db.session() as session:
-            return list((await session.scalars(query)).all())
-
     async def head(self, public_key: Ed25519PublicKey) -> HeadStatus | None:
         """The signed head, checked as a readiness probe does (constant cost)."""
         async with self.db.session() as session:
@@ -250,9 +234,13 @@ class AuditQueries:
         matches = last is not None and (head.seq, head.hash) == (last[0], last[1])
         return HeadStatus(head.seq, head.hash, signed, matches)
 
-    async def checkpoints(self, lo: int, hi: int, public_key: Ed25519PublicKey) -> CheckpointStatus:
+    async def checkpoints(
+        self, lo: int, hi: int, public_key: Ed25519PublicKey, verified: set[tuple[int, str]] | None = None
+    ) -> CheckpointStatus:
         """The signed checkpoints with ``lo <= seq <= hi``: each signature verifies and each names
-        the hash stored for its event."""
+        the hash stored for its event. ``verified``: points whose signature was already checked
+        (skipped; points that pass are added)."""
+        known = verified if verified is not None else set()
         query = (
             select(AuditCheckpoint, AuditEvent.hash)
             .outerjoin(AuditEvent, AuditEvent.seq == AuditCheckpoint.seq)
@@ -262,8 +250,10 @@ class AuditQueries:
         async with self.db.session() as session:
             rows = (await session.execute(query)).all()
         for point, stored in rows:
-            if not signature_ok(public_key, point.seq, point.hash, point.signature):
-                return CheckpointStatus(len(rows), False, "checkpoint signature invalid", point.seq)
+            if (point.seq, point.hash) not in known:
+                if not signature_ok(public_key, point.seq, point.hash, point.signature):
+                    return CheckpointStatus(len(rows), False, "checkpoint signature invalid", point.seq)
+                known.add((point.seq, point.hash))
             if stored != point.hash:
                 return CheckpointStatus(len(rows), False, "checkpoint does not match the log", point.seq)
         return CheckpointStatus(len(rows), True)
