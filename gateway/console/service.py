@@ -36,6 +36,9 @@ from consentry.provenance.verification import ProvenanceReport
 TIMING_SAMPLE = 1000
 """Stage percentiles are taken over this many most recent generation decisions."""
 CASCADE_KINDS = ("grant.revoked", "identity.erased", "key.revoked")
+CASCADES_SHOWN = 200
+"""The report lists at most this many revocations and erasures (all are counted; the decisions
+page and its exports list every one)."""
 
 
 def may(role: str, action: Action) -> bool:
@@ -224,7 +227,7 @@ class ConsoleService:
         for _, kind, code, n in everything:
             totals[(kind, code)] = totals.get((kind, code), 0) + n
         span = await self.audit.seq_span(since, until)
-        cascades = await self.audit.of_kinds(CASCADE_KINDS, since, until)
+        cascades = await self.audit.of_kinds(CASCADE_KINDS, since, until, CASCADES_SHOWN)
         recomputed = await self.verify_chain(viewer) if recompute else None
         return ComplianceReport(
             since=since,
