@@ -80,7 +80,7 @@ def stages(rng: random.Random, refusal: tuple[str, str] | None) -> dict[str, Any
         refused = refusal is not None and refusal[1] == name
         out[name] = {
             "allowed": not refused,
-            "code": refusal[0] if refused else "ok",
+            "code": refusal[0] if refusal is not None and refused else "ok",
             "reason": "refused by the bench's rule" if refused else "",
             "scores": {"best": round(rng.uniform(0.2, 0.99), 6)} if "verify" in name else {},
             "elapsed_ms": round(rng.lognormvariate(1.5 if name != "generate" else 5.5, 0.4), 3),

@@ -102,7 +102,7 @@ def stacked_bars(names: list[str], counts: dict[str, list[int]], labels: list[st
     slot = (W - LEFT - RIGHT) / max(len(labels), 1)
     parts = _axis(top, labels)
     for i, label in enumerate(labels):
-        y = H - BOTTOM
+        y = float(H - BOTTOM)
         for name in names:
             n = counts[name][i]
             if not n:

@@ -35,7 +35,9 @@ from consentry.provenance.verification import ProvenanceReport
 
 TIMING_SAMPLE = 1000
 """Stage percentiles are taken over this many most recent generation decisions."""
-CASCADE_KINDS = ("grant.revoked", "identity.erased", "key.revoked")
+ERASED_KIND = codes.IDENTITY_ERASED
+"""The erasure's audit event kind (spelled like the code an erased identity is refused with)."""
+CASCADE_KINDS = ("grant.revoked", ERASED_KIND, "key.revoked")
 CASCADES_SHOWN = 200
 """The report lists at most this many revocations and erasures (all are counted; the decisions
 page and its exports list every one)."""
@@ -248,7 +250,7 @@ class ConsoleService:
             erasures={
                 e.seq: await self.people.erasure_cascade(e.body["identity_id"])
                 for e in cascades
-                if e.kind == "identity.erased" and isinstance(e.body.get("identity_id"), str)
+                if e.kind == ERASED_KIND and isinstance(e.body.get("identity_id"), str)
             },
         )
 
