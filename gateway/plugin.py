@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from litestar import Litestar, Router
 from litestar.config.app import AppConfig
@@ -12,6 +13,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPluginProtocol
+from litestar.types import ControllerRouterHandler
 
 from consentry.gateway.gate import Gate
 from consentry.gateway.logs import configure_json_logging, request_id_middleware
@@ -36,6 +38,8 @@ class ConsentryConfig:
     path_prefix: str = "/"
     """Where the gate's routes are mounted in the host app, e.g. ``/consentry`` (then
     ``/consentry/v1/generate``, ``/consentry/health/ready``, ...)."""
+    console_clock: Callable[[], datetime] | None = None
+    """Clock of the console's sessions (idle expiry); None: the system clock (tests inject one)."""
 
 
 class ConsentryPlugin(InitPluginProtocol):
@@ -72,12 +76,13 @@ class ConsentryPlugin(InitPluginProtocol):
 
         # A router carries the body limit: Litestar ignores request_max_body_size set by plugins
         # on the app config (2.x reads its constructor argument instead).
+        handlers: list[ControllerRouterHandler] = [*CONTROLLERS, OpenAIImagesController]
+        if cfg.settings.console_enabled:
+            from consentry.gateway.console import console_router
+
+            handlers.append(console_router(cfg.path_prefix, cfg.state_key, cfg.console_clock))
         app_config.route_handlers.append(
-            Router(
-                path=cfg.path_prefix,
-                route_handlers=[*CONTROLLERS, OpenAIImagesController],
-                request_max_body_size=cfg.max_body_bytes,
-            )
+            Router(path=cfg.path_prefix, route_handlers=handlers, request_max_body_size=cfg.max_body_bytes)
         )
         app_config.dependencies["gate"] = Provide(provide_gate, sync_to_thread=False)
         app_config.dependencies["principal"] = Provide(provide_principal)

@@ -191,6 +191,14 @@ CALIBRATE_NO_FACES = "calibrate.no_faces"
 CALIBRATE_NO_GENUINE_PAIRS = "calibrate.no_genuine_pairs"
 REPORT_WRITE_FAILED = "report.write_failed"
 
+# -- console: the signed-in trust-and-safety console (issue 14) ----------------------------------
+CONSOLE_SESSION_REQUIRED = "console.session_required"
+CONSOLE_CSRF_INVALID = "console.csrf_invalid"
+CONSOLE_CONFIRMATION_MISMATCH = "console.confirmation_mismatch"
+CONSOLE_FILTER_INVALID = "console.filter_invalid"
+CONSOLE_EVENT_NOT_FOUND = "console.event_not_found"
+CONSOLE_UPLOAD_MISSING = "console.upload_missing"
+
 ALL: frozenset[str] = frozenset(
     value for name, value in list(globals().items()) if name.isupper() and isinstance(value, str)
 )

@@ -159,6 +159,18 @@ class Settings(BaseSettings):
     """Log level of the gateway process (``DEBUG``, ``INFO``, ``WARNING``...)."""
     audit_prompts: bool = False
     """Store prompts in the audit log in clear; off stores only their SHA-256."""
+    console_enabled: bool = True
+    """Serve the trust-and-safety console at ``/console`` (sign-in with an API key of an admin,
+    operator or auditor)."""
+    console_idle_timeout_s: float = Field(default=900.0, gt=0)
+    """A console session unused for this long ends; the next request asks to sign in again."""
+    console_max_session_s: float = Field(default=12 * 3600.0, gt=0)
+    """A console session ends this long after sign-in, however active."""
+    console_secure_cookie: Literal["auto", "always", "never"] = "auto"
+    """The console's session cookie carries ``Secure``: ``auto`` when the request came over
+    https (behind a proxy: run uvicorn with ``--proxy-headers``), ``always``, or ``never``."""
+    console_page_size: int = Field(default=50, ge=5, le=500)
+    """Rows per page of the console's decision and identity tables."""
     generator: GeneratorKind = GeneratorKind.local
     """What makes the pictures: ``local`` (the diffusers pipeline in ``model_dir``), or an
     upstream HTTP service that already runs: ``openai`` (OpenAI-Images-compatible) or ``a1111``

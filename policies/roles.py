@@ -27,6 +27,9 @@ class Action(StrEnum):
     train_adapter = "train_adapter"
     read_adapters = "read_adapters"
     delete_adapter = "delete_adapter"
+    # The console (issue 14): who may sign in, and who may list identities and their grants.
+    console_sign_in = "console_sign_in"
+    read_identities = "read_identities"
 
 
 PERMISSIONS: dict[Action, frozenset[Role]] = {
@@ -42,6 +45,10 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.train_adapter: frozenset({Role.requester}),
     Action.read_adapters: frozenset({Role.admin, Role.operator, Role.auditor, Role.requester}),
     Action.delete_adapter: frozenset({Role.admin, Role.operator}),
+    # A requester is a service, not a person: it never signs in to the console.
+    Action.console_sign_in: frozenset({Role.admin, Role.operator, Role.auditor}),
+    # Identities, grants (evidence hashes, uses) and adapters; never templates or photos.
+    Action.read_identities: frozenset({Role.admin, Role.operator, Role.auditor}),
 }
 
 

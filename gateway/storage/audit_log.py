@@ -19,6 +19,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from consentry.gateway.storage.audit_index import indexed_columns
 from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.tables import AuditCheckpoint, AuditEvent, AuditHead
 from consentry.policies import codes
@@ -105,6 +106,7 @@ class AuditLog:
             body=event.body,
             prev_hash=event.prev_hash,
             hash=event.hash,
+            **indexed_columns(event.body),  # copies for the console's filters, not hashed
         )
         session.add(row)
         try:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -155,15 +156,39 @@ class GenerationRecord(Base):
 
 
 class AuditEvent(Base):
-    """Append-only, hash-chained audit log (see provenance.audit)."""
+    """Append-only, hash-chained audit log (see provenance.audit).
+
+    ``principal_id``, ``actor``, ``identity_id`` and ``code`` are copies of body fields, filled at
+    append (and by migration 0006 for older rows) so that the console filters and pages by
+    index instead of scanning JSON. They are not part of the hash: the chain hashes the body,
+    and the console shows every event from its body; a copy edited in the database misleads
+    a filter, never what an event says.
+    """
 
     __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_kind_seq", "kind", "seq"),
+        Index("ix_audit_events_kind_ts_code", "kind", "ts", "code"),
+        Index("ix_audit_events_code_seq", "code", "seq"),
+        Index("ix_audit_events_principal_seq", "principal_id", "seq"),
+        Index("ix_audit_events_actor_seq", "actor", "seq"),
+        Index("ix_audit_events_identity_seq", "identity_id", "seq"),
+        Index("ix_audit_events_ts", "ts"),
+    )
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     ts: Mapped[str] = mapped_column(String(40))
     kind: Mapped[str] = mapped_column(String(40), index=True)
     body: Mapped[dict[str, Any]]
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+    principal_id: Mapped[str | None] = mapped_column(String(40))
+    """``body.principal_id``: the requester of a generation, the grantee of a grant."""
+    actor: Mapped[str | None] = mapped_column(String(40))
+    """``body.actor``: who made an administrative change."""
+    identity_id: Mapped[str | None] = mapped_column(String(40))
+    """``body.identity_id``."""
+    code: Mapped[str | None] = mapped_column(String(60))
+    """``body.decision``: ``released`` or the refusal code of a generation."""
 
 
 class AuditCheckpoint(Base):
@@ -183,3 +208,15 @@ class AuditHead(Base):
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
     signature: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ConsoleSession(Base):
+    """A signed-in console session. Only the SHA-256 of its random token is stored; it is bound
+    to the API key used to sign in, so revoking that key ends the session on its next request."""
+
+    __tablename__ = "console_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"), index=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
