@@ -184,6 +184,16 @@ CALIBRATE_NO_FACES = "calibrate.no_faces"
 CALIBRATE_NO_GENUINE_PAIRS = "calibrate.no_genuine_pairs"
 REPORT_WRITE_FAILED = "report.write_failed"
 
+# -- public: the key-less Soft Binding Resolution API and the /verify page (public verification) --
+PUBLIC_ALG_UNSUPPORTED = "public.alg_unsupported"
+PUBLIC_BINDING_VALUE_INVALID = "public.binding_value_invalid"
+PUBLIC_MANIFEST_ID_INVALID = "public.manifest_id_invalid"
+PUBLIC_MANIFEST_NOT_FOUND = "public.manifest_not_found"
+PUBLIC_MANIFEST_MISSING = "public.manifest_missing"
+PUBLIC_CONSENT_REVOKED = "public.consent_revoked"
+PUBLIC_SUBJECT_ERASED = "public.subject_erased"
+PUBLIC_BUSY = "public.busy"
+
 ALL: frozenset[str] = frozenset(
     value for name, value in list(globals().items()) if name.isupper() and isinstance(value, str)
 )
