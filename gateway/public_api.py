@@ -19,16 +19,16 @@ withdrawal of consent takes effect on the next request.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Controller, MediaType, Request, Response, Router, get, post
 from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
-from dataclasses import dataclass
-
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import Parameter
+from PIL import Image
 
 from consentry.gateway.public.page import HEADERS, PAGE
 from consentry.gateway.public.schemas import (
@@ -42,6 +42,7 @@ from consentry.gateway.public.schemas import (
 )
 from consentry.gateway.public.service import STATE_KEY, PublicService
 from consentry.policies.config import Settings
+from consentry.provenance.resolution import Match, check_alg
 
 C2PA_MEDIA_TYPE = "application/c2pa"
 MaxResults = Parameter(
@@ -63,6 +64,13 @@ class ImageUploadOperation(Operation):
         )
 
 
+def matches_response(matches: tuple[Match, ...]) -> Response[MatchesOut]:
+    # The spec's JSON, built by hand so that a missing similarityScore is left out rather than
+    # null; MatchesOut documents the shape.
+    body: Any = matches_body(matches)
+    return Response(body)
+
+
 def provide_public(state: State) -> PublicService:
     service: PublicService = state[STATE_KEY]
     return service
@@ -80,7 +88,6 @@ class SoftBindingController(Controller):
     path = "/v1"
     tags = ["public"]
     cache_control = CacheControlHeader(no_store=True)
-    before_request = admit
 
     @get("/services/supportedAlgorithms", summary="Soft-binding algorithms this service resolves")
     async def supported_algorithms(self, public: PublicService) -> SupportedAlgorithmsOut:
@@ -92,18 +99,18 @@ class SoftBindingController(Controller):
         public: PublicService,
         alg: str = Alg,
         value: str = Parameter(max_length=200, description="the payload in base64 (or 16 hex digits)"),
-        maxResults: int = MaxResults,  # noqa: N803 - the spec's name
+        maxResults: int = MaxResults,
     ) -> Response[MatchesOut]:
-        return Response(matches_body(await public.resolver.by_binding(alg, value, maxResults)))
+        return matches_response(await public.resolver.by_binding(alg, value, maxResults))
 
     @post("/matches/byBinding", status_code=200, summary="Manifest ids a soft binding names (body form)")
     async def by_large_binding(
         self,
         public: PublicService,
         data: BindingQueryBody,
-        maxResults: int = MaxResults,  # noqa: N803
+        maxResults: int = MaxResults,
     ) -> Response[MatchesOut]:
-        return Response(matches_body(await public.resolver.by_binding(data.alg, data.value, maxResults)))
+        return matches_response(await public.resolver.by_binding(data.alg, data.value, maxResults))
 
     @post(
         "/matches/byContent",
@@ -116,12 +123,15 @@ class SoftBindingController(Controller):
         request: Request[Any, Any, Any],
         public: PublicService,
         alg: str | None = Parameter(default=None, max_length=200),
-        maxResults: int = MaxResults,  # noqa: N803
+        maxResults: int = MaxResults,
     ) -> Response[MatchesOut]:
-        async def work(_data: bytes, image: Any, _mime: str) -> dict[str, Any]:
-            return matches_body(await public.resolver.by_content(image, alg, maxResults))
+        if alg is not None:
+            check_alg(alg)  # before the upload is decoded
 
-        return Response(await public.with_upload(request, work))
+        async def work(_data: bytes, image: Image.Image, _mime: str) -> tuple[Match, ...]:
+            return await public.resolver.by_content(image, maxResults)
+
+        return matches_response(await public.with_upload(request, work))
 
     @get(
         "/manifests/{manifestId:str}",
@@ -138,8 +148,8 @@ class SoftBindingController(Controller):
     async def manifest(
         self,
         public: PublicService,
-        manifestId: str = Parameter(max_length=64),  # noqa: N803
-        returnActiveManifest: bool = Parameter(  # noqa: N803
+        manifestId: str = Parameter(max_length=64),
+        returnActiveManifest: bool = Parameter(
             default=False, description="our stores hold one manifest, the active one: same answer"
         ),
     ) -> Response[bytes]:
@@ -152,26 +162,29 @@ class SoftBindingController(Controller):
         summary="Public check of an image: C2PA, watermark, record, tombstone",
         operation_class=ImageUploadOperation,
     )
-    async def verify(
-        self, request: Request[Any, Any, Any], public: PublicService
-    ) -> PublicVerifyOut:
-        async def work(raw: bytes, image: Any, mime: str) -> PublicVerifyOut:
+    async def verify(self, request: Request[Any, Any, Any], public: PublicService) -> PublicVerifyOut:
+        async def work(raw: bytes, image: Image.Image, mime: str) -> PublicVerifyOut:
             check = await public.resolver.check(raw, image, mime)
             return verify_out(check, public.resolver.deployment)
 
         return await public.with_upload(request, work)
 
 
-@get("/verify", media_type=MediaType.HTML, summary="Public page: verify an image (no sign-in)", tags=["public"])
+@get(
+    "/verify", media_type=MediaType.HTML, summary="Public page: verify an image (no sign-in)", tags=["public"]
+)
 async def verify_page() -> Response[str]:
     return Response(PAGE, media_type=MediaType.HTML, headers=HEADERS)
 
 
 def public_router(path_prefix: str, settings: Settings) -> Router:
-    """The public routes, mounted beside the gate's; uploads are limited to ``max_image_bytes``."""
-    return Router(
-        path=path_prefix,
-        route_handlers=[SoftBindingController, verify_page],
+    """The public routes, mounted beside the gate's: the API rate-limited per client address,
+    uploads limited to ``max_image_bytes``; the page (static) is not rate-limited."""
+    api = Router(
+        path="/",
+        route_handlers=[SoftBindingController],
         dependencies={"public": Provide(provide_public, sync_to_thread=False)},
+        before_request=admit,
         request_max_body_size=settings.max_image_bytes,
     )
+    return Router(path=path_prefix, route_handlers=[api, verify_page])

@@ -48,6 +48,7 @@ __all__ = [
     "SoftBindingResolver",
     "Tombstone",
     "binding_payload",
+    "check_alg",
     "parse_manifest_id",
 ]
 
@@ -55,7 +56,7 @@ log = logging.getLogger("consentry.public")
 
 Status = Literal["available", "revoked", "erased"]
 _MANIFEST_ID = re.compile(r"([a-z]{3}_[0-9a-f]{16})_([0-9]{1,3})")
-_HEX_PAYLOAD = re.compile(r"[0-9a-fA-F]{%d}" % (2 * PAYLOAD_BYTES))
+_HEX_PAYLOAD = re.compile(f"[0-9a-fA-F]{{{2 * PAYLOAD_BYTES}}}")
 MAX_RESULTS = 100
 
 
@@ -171,7 +172,9 @@ def binding_payload(alg: str, value: str) -> bytes:
     if _HEX_PAYLOAD.fullmatch(text):
         return bytes.fromhex(text)
     try:
-        payload = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
+        payload = base64.b64decode(
+            text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True
+        )
     except (binascii.Error, ValueError) as exc:
         raise BadInputError(
             "value must be the payload in base64 (or as the manifest writes it, 16 hex digits)",
@@ -257,9 +260,9 @@ class SoftBindingResolver:
         # The decode passed its CRC, so the payload is exact; the score is how cleanly it read.
         return max(0, min(100, round(finding.confidence * 100)))
 
-    async def by_content(self, image: Image.Image, alg: str | None, max_results: int) -> tuple[Match, ...]:
-        if alg is not None:
-            check_alg(alg)
+    async def by_content(self, image: Image.Image, max_results: int) -> tuple[Match, ...]:
+        """Matches for the watermark decoded from ``image`` (check a requested ``alg`` first,
+        with :func:`check_alg`, before decoding anything)."""
         finding, facts = await self._decode(image)
         return self._matches(facts, max_results, self._similarity(finding) if facts else None)
 
@@ -284,13 +287,15 @@ class SoftBindingResolver:
         except OSError as exc:
             log.warning("released file %s of %s is unreadable: %s", path, manifest_id, exc)
             raise NotFoundError(
-                f"the released file of {manifest_id} is no longer kept here", code=codes.PUBLIC_MANIFEST_MISSING
+                f"the released file of {manifest_id} is no longer kept here",
+                code=codes.PUBLIC_MANIFEST_MISSING,
             ) from exc
         store = png_manifest_store(data)
         if store is None:
             log.warning("released file %s of %s carries no manifest store", path, manifest_id)
             raise NotFoundError(
-                f"the released file of {manifest_id} carries no manifest store", code=codes.PUBLIC_MANIFEST_MISSING
+                f"the released file of {manifest_id} carries no manifest store",
+                code=codes.PUBLIC_MANIFEST_MISSING,
             )
         return store
 

@@ -34,12 +34,12 @@ class SupportedAlgorithmsOut(BaseModel):
 
 
 class MatchOut(BaseModel):
-    manifestId: str  # noqa: N815 - the spec's name
-    similarityScore: int | None = Field(  # noqa: N815
+    manifestId: str
+    similarityScore: int | None = Field(
         default=None, ge=0, le=100, description="how cleanly the mark decoded (byContent only)"
     )
     status: Status = Field(
-        description="Consentry: available, or revoked / erased (GET /v1/manifests answers 410 with a tombstone)"
+        description="Consentry's: available, or revoked / erased (the manifest is then 410 + tombstone)"
     )
 
 
@@ -50,12 +50,12 @@ class MatchesOut(BaseModel):
 
 
 class TombstoneOut(BaseModel):
-    manifestId: str | None  # noqa: N815
-    recordId: str  # noqa: N815
+    manifestId: str | None
+    recordId: str
     status: Status
-    releasedAt: datetime  # noqa: N815
-    releasedUnderConsent: bool  # noqa: N815
-    consentWithdrawn: bool  # noqa: N815
+    releasedAt: datetime
+    releasedUnderConsent: bool
+    consentWithdrawn: bool
     deployment: str
     statement: str
 
@@ -138,7 +138,10 @@ def verify_out(check: PublicCheck, deployment: str) -> PublicVerifyOut:
             confidence=check.watermark.confidence,
         ),
         record=PublicRecordOut(
-            id=facts.record_id, released_at=facts.released_at, subject_named=facts.subject_named, status=facts.status
+            id=facts.record_id,
+            released_at=facts.released_at,
+            subject_named=facts.subject_named,
+            status=facts.status,
         )
         if facts is not None
         else None,

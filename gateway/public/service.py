@@ -86,7 +86,9 @@ class PublicService:
         of ``public_decode_concurrency`` slots."""
         declared = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if declared and not declared.startswith(_UPLOAD_TYPES):
-            raise UnsupportedMediaTypeError(f"send the image file itself as the body (image/*), not {declared}")
+            raise UnsupportedMediaTypeError(
+                f"send the image file itself as the body (image/*), not {declared}"
+            )
         data = await request.body()
         async with self._slot():
             (image,) = await decode_uploads(self.settings, [data])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import ColumnElement, select
 
 from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.tables import GenerationRecord, Grant, Identity
@@ -61,15 +61,6 @@ def _view(r: GenerationRecord) -> RecordView:
     )
 
 
-def _facts_query() -> Select[tuple[GenerationRecord, datetime | None, str | None]]:
-    """A record with its grant's revocation time and its subject's status (None without one)."""
-    return (
-        select(GenerationRecord, Grant.revoked_at, Identity.status)
-        .outerjoin(Grant, Grant.id == GenerationRecord.grant_id)
-        .outerjoin(Identity, Identity.id == GenerationRecord.identity_id)
-    )
-
-
 def _facts(row: GenerationRecord, revoked_at: datetime | None, identity_status: str | None) -> ReleaseFacts:
     named = row.identity_id is not None
     return ReleaseFacts(
@@ -100,15 +91,24 @@ class Records:
             row = await session.get(GenerationRecord, record_id)
         return _view(row) if row else None
 
+    async def _release_where(self, where: ColumnElement[bool]) -> ReleaseFacts | None:
+        # The record with its grant's revocation time and its subject's status (None without one).
+        query = (
+            select(GenerationRecord, Grant.revoked_at, Identity.status)
+            .outerjoin(Grant, Grant.id == GenerationRecord.grant_id)
+            .outerjoin(Identity, Identity.id == GenerationRecord.identity_id)
+            .where(where)
+        )
+        async with self.db.session() as session:
+            found = (await session.execute(query)).first()
+        if found is None:
+            return None
+        row, revoked_at, identity_status = found
+        return _facts(row, revoked_at, identity_status)
+
     async def release_by_watermark(self, watermark_hex: str) -> ReleaseFacts | None:
         """What the public resolver may know of the record a payload names (no ids of people)."""
-        async with self.db.session() as session:
-            found = (
-                await session.execute(_facts_query().where(GenerationRecord.watermark == watermark_hex))
-            ).first()
-        return _facts(*found) if found else None
+        return await self._release_where(GenerationRecord.watermark == watermark_hex)
 
     async def release(self, record_id: str) -> ReleaseFacts | None:
-        async with self.db.session() as session:
-            found = (await session.execute(_facts_query().where(GenerationRecord.id == record_id))).first()
-        return _facts(*found) if found else None
+        return await self._release_where(GenerationRecord.id == record_id)

@@ -162,7 +162,9 @@ async def public_answers(client: AppClient, release: Release, stripped: bytes) -
         await client.get(f"/v1/manifests/{release.record_id}_0"),
         await client.post("/v1/public/verify", content=stripped, headers={"Content-Type": "image/jpeg"}),
         # The original file, manifest and all, checked publicly.
-        await client.post("/v1/public/verify", content=release.images[0], headers={"Content-Type": "image/png"}),
+        await client.post(
+            "/v1/public/verify", content=release.images[0], headers={"Content-Type": "image/png"}
+        ),
     ]
 
 
@@ -205,7 +207,9 @@ async def test_a_stripped_copy_resolves_to_its_record_and_manifest(world: World,
     # Detached from its asset only the hard binding cannot be checked; the signature holds.
     failures = store["validation_results"]["activeManifest"]["failure"]
     assert {f["code"] for f in failures} == {"assertion.dataHash.mismatch"}, failures
-    again = await world.client.get(f"/v1/manifests/{release.record_id}_0", params={"returnActiveManifest": "true"})
+    again = await world.client.get(
+        f"/v1/manifests/{release.record_id}_0", params={"returnActiveManifest": "true"}
+    )
     assert again.content == manifest.content
 
     body = check.json()
@@ -217,7 +221,9 @@ async def test_a_stripped_copy_resolves_to_its_record_and_manifest(world: World,
     assert body["assessment"]["basis"] == "watermark"
     checked = original.json()
     assert checked["c2pa"]["state"] == "Trusted" and checked["c2pa"]["record_id"] == release.record_id
-    assert checked["c2pa"]["claimed_watermark"] == release.watermark and checked["assessment"]["conflicts"] == []
+    assert (
+        checked["c2pa"]["claimed_watermark"] == release.watermark and checked["assessment"]["conflicts"] == []
+    )
     # Before any withdrawal the manifest does carry the consent hash: the tombstone tests below
     # check its absence from bytes that would otherwise contain it.
     assert hashlib.sha256(world.grants[0].encode()).hexdigest().encode() in manifest.content
@@ -241,7 +247,9 @@ async def test_after_revocation_every_answer_is_a_tombstone_that_names_no_one(wo
     assert problem["code"] == "public.consent_revoked"
     tomb = problem["tombstone"]
     assert tomb["status"] == "revoked" and tomb["recordId"] == release.record_id
-    assert tomb["releasedUnderConsent"] and tomb["consentWithdrawn"] and tomb["deployment"] == "Test Deployment"
+    assert (
+        tomb["releasedUnderConsent"] and tomb["consentWithdrawn"] and tomb["deployment"] == "Test Deployment"
+    )
     assert set(tomb) == {
         "manifestId", "recordId", "status", "releasedAt", "releasedUnderConsent", "consentWithdrawn",
         "deployment", "statement",
