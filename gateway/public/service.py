@@ -67,7 +67,9 @@ class PublicService:
         await self.limiter.take("addr:" + client_address(request, self.settings.public_client_header))
 
     @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
+    async def slot(self) -> AsyncIterator[None]:
+        """One of ``public_decode_concurrency`` decode slots, or 503 ``public.busy`` at once
+        (a public caller is better told to retry than queued behind a flood)."""
         if self._slots.locked():
             raise StageError(
                 "public verification is busy; retry shortly", code=codes.PUBLIC_BUSY, retry_after=1
@@ -90,7 +92,7 @@ class PublicService:
                 f"send the image file itself as the body (image/*), not {declared}"
             )
         data = await request.body()
-        async with self._slot():
+        async with self.slot():
             (image,) = await decode_uploads(self.settings, [data])
             return await work(data, image, sniff_mime(data))
 

@@ -227,13 +227,13 @@ async def test_public_verification_can_be_switched_off(app: App) -> None:
 async def test_a_full_public_service_refuses_at_once(app: App) -> None:
     async with app(public_decode_concurrency=1) as c:
         service: PublicService = c.app.state["consentry_public"]
-        async with service._slot():
+        async with service.slot():
             with pytest.raises(StageError) as busy:
-                async with service._slot():
+                async with service.slot():
                     pass
         assert busy.value.code == "public.busy" and busy.value.status == 503
         assert busy.value.extra["retry_after"] == 1
-        async with service._slot():  # released again
+        async with service.slot():  # released again
             pass
 
 
