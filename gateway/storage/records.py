@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, select
@@ -65,7 +65,8 @@ def _facts(row: GenerationRecord, revoked_at: datetime | None, identity_status: 
     named = row.identity_id is not None
     return ReleaseFacts(
         record_id=row.id,
-        released_at=row.created_at,
+        # SQLite hands timestamps back without their zone; they are stored as UTC.
+        released_at=row.created_at.replace(tzinfo=row.created_at.tzinfo or UTC),
         outputs=tuple(row.outputs),
         subject_named=named,
         # A named record without its grant row cannot show that consent still stands: it counts

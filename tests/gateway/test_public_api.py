@@ -13,6 +13,7 @@ import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import c2pa
@@ -247,6 +248,7 @@ async def test_after_revocation_every_answer_is_a_tombstone_that_names_no_one(wo
     assert problem["code"] == "public.consent_revoked"
     tomb = problem["tombstone"]
     assert tomb["status"] == "revoked" and tomb["recordId"] == release.record_id
+    assert datetime.fromisoformat(tomb["releasedAt"]).tzinfo is not None
     assert (
         tomb["releasedUnderConsent"] and tomb["consentWithdrawn"] and tomb["deployment"] == "Test Deployment"
     )
