@@ -19,6 +19,9 @@ from consentry.gateway.gate import Gate
 from consentry.gateway.logs import configure_json_logging, request_id_middleware
 from consentry.gateway.openai_api import OpenAIImagesController
 from consentry.gateway.problems import HANDLERS
+from consentry.gateway.public.service import STATE_KEY as PUBLIC_STATE_KEY
+from consentry.gateway.public.service import open_public
+from consentry.gateway.public_api import public_router
 from consentry.gateway.routes import CONTROLLERS, provide_principal
 from consentry.policies.config import Settings
 
@@ -62,13 +65,17 @@ class ConsentryPlugin(InitPluginProtocol):
             gate = await factory(cfg.settings)
             try:
                 await gate.warm()
+                public = open_public(gate) if cfg.settings.public_verification else None
             except BaseException:
                 await gate.close()
                 raise
             app.state[cfg.state_key] = gate
+            app.state[PUBLIC_STATE_KEY] = public
             try:
                 yield
             finally:
+                if public is not None:
+                    await public.close()
                 await gate.close()
 
         def provide_gate(state: State) -> Gate:
@@ -84,6 +91,9 @@ class ConsentryPlugin(InitPluginProtocol):
         app_config.route_handlers.append(
             Router(path=cfg.path_prefix, route_handlers=handlers, request_max_body_size=cfg.max_body_bytes)
         )
+        if cfg.settings.public_verification:
+            # Public verification: no key, rate-limited per client address (gateway/public_api.py).
+            app_config.route_handlers.append(public_router(cfg.path_prefix, cfg.settings))
         app_config.dependencies["gate"] = Provide(provide_gate, sync_to_thread=False)
         app_config.dependencies["principal"] = Provide(provide_principal)
         app_config.exception_handlers.update(HANDLERS)

@@ -199,6 +199,16 @@ CONSOLE_FILTER_INVALID = "console.filter_invalid"
 CONSOLE_EVENT_NOT_FOUND = "console.event_not_found"
 CONSOLE_UPLOAD_MISSING = "console.upload_missing"
 
+# -- public: the key-less Soft Binding Resolution API and the /verify page (public verification) --
+PUBLIC_ALG_UNSUPPORTED = "public.alg_unsupported"
+PUBLIC_BINDING_VALUE_INVALID = "public.binding_value_invalid"
+PUBLIC_MANIFEST_ID_INVALID = "public.manifest_id_invalid"
+PUBLIC_MANIFEST_NOT_FOUND = "public.manifest_not_found"
+PUBLIC_MANIFEST_MISSING = "public.manifest_missing"
+PUBLIC_CONSENT_REVOKED = "public.consent_revoked"
+PUBLIC_SUBJECT_ERASED = "public.subject_erased"
+PUBLIC_BUSY = "public.busy"
+
 ALL: frozenset[str] = frozenset(
     value for name, value in list(globals().items()) if name.isupper() and isinstance(value, str)
 )

@@ -192,6 +192,27 @@ class Settings(BaseSettings):
     upstream_untrained: bool = False
     """Label the upstream's outputs as made by an untrained model (test services)."""
 
+    public_verification: bool = True
+    """Serve public verification without a key: the C2PA Soft Binding Resolution API
+    (``/v1/services/supportedAlgorithms``, ``/v1/matches/byBinding``, ``/v1/matches/byContent``,
+    ``/v1/manifests/{id}``), ``POST /v1/public/verify`` and the ``/verify`` page. A manifest
+    whose subject has since revoked consent or been erased is answered with a tombstone that
+    names no one. Off: those routes do not exist (404)."""
+    public_rate_per_minute: float = Field(default=30.0, gt=0)
+    """Public requests each client address may make per minute (IPv6: per /64); shared by every
+    process when ``redis_url`` is set, like the generation limit."""
+    public_rate_burst: int = Field(default=10, ge=1)
+    """Public requests a client address may make at once before the per-minute rate applies."""
+    public_client_header: str | None = None
+    """Header that a reverse proxy you run sets to the client's address (``X-Forwarded-For``: the
+    right-most entry is used, the one your proxy added). Unset: the peer address of the
+    connection. Set it only behind such a proxy, or clients pick their own rate bucket."""
+    public_decode_concurrency: int = Field(default=2, ge=1, le=64)
+    """Uploaded files the public routes decode at once per process; more are refused at once
+    with 503 ``public.busy`` + ``Retry-After`` (a watermark decode is CPU work)."""
+    public_deployment_name: str = Field(default="Consentry", min_length=1, max_length=200)
+    """How public answers (tombstones, the ``/verify`` page) name this deployment."""
+
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:
         self.data_dir = self.data_dir.expanduser()

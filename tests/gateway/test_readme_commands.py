@@ -312,10 +312,14 @@ def check_serve(r: Result, c: Ctx) -> None:
     assert http["docs"] == 200  # OpenAPI docs at /schema
     missing = readme_routes() - openapi_routes(http["openapi"])
     assert not missing, f"README routes the running gateway does not serve: {sorted(missing)}"
-    # All routes but /health*, /metrics and /schema need a key; audit is admin, auditor; principals admin.
+    # All routes but /health*, /metrics, /schema and public verification need a key; audit is
+    # admin, auditor; principals admin.
     assert http["audit_no_key"] == 401
     keyless = {route: code for route, code in http["no_key"].items() if code != 401}
-    assert {route for route in keyless if not route[1].startswith(("/health", "/metrics"))} == set(), keyless
+    public = ("/verify", "/v1/services/", "/v1/matches/", "/v1/manifests/", "/v1/public/")
+    open_by_design = ("/health", "/metrics", *public)
+    assert {route for route in keyless if not route[1].startswith(open_by_design)} == set(), keyless
+    assert {route for route in http["no_key"] if route[1].startswith(public)} <= set(keyless)
     assert http["audit"] == {"admin": 200, "studio": 403, "ops": 403, "auditor": 200}
     assert http["principals"] == {"ops": 403, "admin": 201}
     # Adapter training over HTTP: 202 at once, progress in GET /v1/adapters/{id} until ready.

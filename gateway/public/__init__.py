@@ -1,0 +1,1 @@
+"""Public verification: the key-less Soft Binding Resolution API's service and the /verify page."""
