@@ -33,13 +33,12 @@ from common import REPO, RESULTS_DIR, machine_info, md_table, measure, repo_on_p
 
 repo_on_path()
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from consentry.detectors.prompt_embedder import MiniLMPromptEmbedder  # noqa: E402
 from consentry.policies.consent import denied_terms  # noqa: E402
 from consentry.policies.policy import Policy, load_policy  # noqa: E402
-from consentry.policies.prompt_rules import SemanticRule, meaning_text  # noqa: E402
+from consentry.policies.prompt_rules import CategoryMatch, SemanticRule, meaning_text  # noqa: E402
 
 DATA = REPO / "bench" / "data" / "prompts.toml"
 BENIGN = "benign"
@@ -54,7 +53,9 @@ class Item:
     expected: str
     kind: str
     split: str
-    vector: Any = None
+    match: CategoryMatch | None = None
+    """The semantic rule's closest category for this prompt (its score does not depend on the
+    threshold, so one embedding per prompt serves every threshold of the sweep)."""
 
 
 def load_items(path: Path) -> tuple[list[Item], list[str]]:
@@ -77,7 +78,7 @@ def methods(policy: Policy, rule: SemanticRule, extended: Sequence[str]) -> dict
     shipped = policy.prompt.deny_terms
 
     def semantic(item: Item, threshold: float) -> str | None:
-        m = rule.closest(item.vector)
+        m = item.match
         return m.category if m is not None and m.score >= threshold else None
 
     def keywords(terms: Sequence[str]) -> Method:
@@ -94,7 +95,9 @@ def methods(policy: Policy, rule: SemanticRule, extended: Sequence[str]) -> dict
     }
 
 
-def rates(items: Sequence[Item], method: Method, threshold: float, categories: Sequence[str]) -> dict[str, Any]:
+def rates(
+    items: Sequence[Item], method: Method, threshold: float, categories: Sequence[str]
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     harmful = [i for i in items if i.expected != BENIGN]
     for cat in categories:
@@ -149,23 +152,19 @@ def main() -> None:
     rule = SemanticRule.build(policy.prompt, embedder)
     examples_s = time.perf_counter() - start
 
-    # Per-prompt embedding, batch 1 as the gate runs it; the vectors are kept for every method.
-    vectors: list[Any] = [None] * len(items)
+    # Per prompt, as the gate runs it (one embedding, batch 1); the matches serve every method.
+    matches: list[CategoryMatch | None] = [None] * len(items)
 
     def embed_one(k: int) -> None:
         j = k % len(items)
-        vectors[j] = embedder.embed([meaning_text(items[j].text)])[0]  # what rule.check(text) does
-        rule.closest(vectors[j])
+        matches[j] = rule.check(items[j].text)
 
     threads = torch.get_num_threads()
     latency = measure(embed_one, repeats=len(items), warmup=3)
     torch.set_num_threads(1)
     latency_1t = measure(embed_one, repeats=len(items), warmup=3)
     torch.set_num_threads(threads)
-    items = [Item(i.text, i.expected, i.kind, i.split, vectors[n]) for n, i in enumerate(items)]
-    # The same vectors as a batch would give (the gate embeds one prompt at a time).
-    batch = embedder.embed([meaning_text(i.text) for i in items])
-    assert np.allclose(batch, np.stack([i.vector for i in items]), atol=1e-4)
+    items = [Item(i.text, i.expected, i.kind, i.split, matches[n]) for n, i in enumerate(items)]
 
     thresholds = {c.name: c.threshold or policy.prompt.semantic_threshold for c in policy.prompt.categories}
     if len(set(thresholds.values())) > 1:
@@ -185,15 +184,16 @@ def main() -> None:
     }
     ok = [t for t in SWEEP if sweep[f"{t:g}"]["dev"]["false_refusals"] <= MAX_DEV_FALSE_REFUSALS]
     suggested = min(ok) if ok else None
-    kinds = {name: by_kind(items, ways[name], chosen) for name in ("deny terms (shipped)", "deny terms + semantic")}
+    compared = ("deny terms (shipped)", "deny terms + semantic")
+    kinds = {name: by_kind(items, ways[name], chosen) for name in compared}
     per_prompt = []
     for i in items:
-        m = rule.closest(i.vector)
+        m = i.match
         per_prompt.append({
             "text": i.text, "expected": i.expected, "kind": i.kind, "split": i.split,
             "terms": denied_terms(i.text, policy.prompt.deny_terms),
             "closest": m.category if m else None, "score": round(m.score, 4) if m else None,
-            "example": m.example if m else None,
+            "example": m.example if m else None, "embedded": meaning_text(i.text),
         })
 
     heads = ["rule", *categories, "recall", "right category", "false refusals", "near-miss false refusals"]
@@ -213,7 +213,8 @@ def main() -> None:
         "",
         md_table(heads, main_rows("test")),
         "",
-        f"All prompts ({n_all['n_harmful']} harmful, {n_all['n_benign']} harmless; the dev half chose the threshold):",
+        f"All prompts ({n_all['n_harmful']} harmful, {n_all['n_benign']} harmless;"
+        " the dev half chose the threshold):",
         "",
         md_table(heads, main_rows("all")),
         "",

@@ -57,7 +57,8 @@ def _check_weights(path: Path, expected: str) -> None:
                 digest.update(block)
     except OSError as exc:
         raise ConfigurationError(
-            f"cannot read the prompt embedding weights {path}: {exc.strerror}", code=codes.MODEL_WEIGHTS_MISSING
+            f"cannot read the prompt embedding weights {path}: {exc.strerror}",
+            code=codes.MODEL_WEIGHTS_MISSING,
         ) from exc
     if digest.hexdigest() != expected:
         raise ConfigurationError(

@@ -31,14 +31,20 @@ if TYPE_CHECKING:
 Vectors = npt.NDArray[np.float32]
 
 
-# Words that say who is shown, not what is asked: in a portrait gateway nearly every prompt has
-# them, and left in, they make "him skiing" as close to "him having sex" as the wording of the
-# request itself. Both the examples and the prompts are compared without them.
+# Words that say who is shown and in what medium, not what is asked: in a portrait gateway
+# nearly every prompt has them, and left in, they make "him skiing" as close to "him having sex"
+# as the request's own words do. Examples and prompts are compared without them; a prompt made
+# of nothing else asks for nothing a category could deny.
 _FRAMING_WORDS = frozenset(
-    "a an the her him his hers she he they them their this that these those person subject "
-    "of in on at with and to is are be being for by as it its me my i you your".split()
+    [
+        *("a", "an", "the", "her", "him", "his", "hers", "she", "he", "they", "them", "their"),
+        *("this", "that", "these", "those", "person", "subject", "of", "in", "on", "at", "with"),
+        *("and", "to", "is", "are", "be", "being", "for", "by", "as", "it", "its", "me", "my"),
+        *("i", "you", "your", "someone", "man", "woman", "guy", "photo", "photograph", "picture"),
+        *("pic", "image", "portrait", "drawing", "painting", "illustration", "render", "style"),
+    ]
 )
-_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s"})
+_LEET = str.maketrans("0134578@$", "oieastbas")
 _SPELLED_OUT = re.compile(r"\b(?:\w[ .]){2,}\w\b")
 """Three or more single characters spaced or dotted out (``n u d e``, ``s.e.x``)."""
 
@@ -52,11 +58,11 @@ def _unleet(word: str) -> str:
 
 def meaning_text(prompt: str) -> str:
     """What the semantic rule embeds: lower case, spelled-out and leetspeak words joined and read
-    as letters, framing words (pronouns, articles, prepositions) dropped."""
+    as letters, framing words (pronouns, articles, prepositions, the medium) dropped. Empty when
+    nothing else is left."""
     text = _SPELLED_OUT.sub(lambda m: re.sub(r"[ .]", "", m.group(0)), prompt.lower())
     words = [_unleet(w) for w in re.findall(r"[\w'@$]+", text)]
-    kept = [w for w in words if w not in _FRAMING_WORDS]
-    return " ".join(kept or words) or prompt
+    return " ".join(w for w in words if w not in _FRAMING_WORDS)
 
 
 class PromptEmbedder(Protocol):
@@ -88,6 +94,15 @@ class CategoryMatch:
         return self.score >= self.threshold
 
 
+class MeaningCheck(Protocol):
+    """What the consent step asks of the semantic rule (a :class:`SemanticRule`, or a lazy holder
+    that builds one on first use)."""
+
+    def check(self, prompt: str) -> CategoryMatch | None:
+        """The prompt's closest deny category (blocking: one embedding)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Category:
     name: str
@@ -106,7 +121,8 @@ class SemanticRule:
     @classmethod
     def build(cls, policy: PromptPolicy, embedder: PromptEmbedder) -> SemanticRule:
         """Embed every category's examples (one batch)."""
-        texts = [meaning_text(e) for c in policy.categories for e in c.examples]
+        # An example of framing words alone would match every prompt: it is kept whole.
+        texts = [meaning_text(e) or e for c in policy.categories for e in c.examples]
         vectors = embedder.embed(texts) if texts else np.zeros((0, 0), np.float32)
         categories, start = [], 0
         for c in policy.categories:
@@ -133,15 +149,19 @@ class SemanticRule:
         return best
 
     def check(self, prompt: str) -> CategoryMatch | None:
-        """Embed ``prompt`` (one forward pass, blocking) and find its closest category."""
-        [vector] = self.embedder.embed([meaning_text(prompt)])
+        """Embed ``prompt`` (one forward pass, blocking) and find its closest category; None when
+        the prompt has nothing but framing words (or the policy no categories)."""
+        text = meaning_text(prompt)
+        if not text:
+            return None
+        [vector] = self.embedder.embed([text])
         return self.closest(vector)
 
 
 def semantic_verdict(match: CategoryMatch | None) -> Verdict:
     """Refuse a prompt that falls in a deny category, naming it; the similarity is its score."""
     if match is None:
-        return Verdict.allow("the policy has no deny categories")
+        return Verdict.allow("no deny category applies to the prompt")
     if not match.denied:
         return Verdict.allow(
             f"the prompt is in no denied category (closest: {match.category}, "
