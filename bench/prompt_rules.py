@@ -178,8 +178,10 @@ def main() -> None:
         for half, subset in (("test", test), ("all", items))
     }
     sweep = {
-        f"{t:g}": {half: rates(subset, ways["deny terms + semantic"], t, categories)
-                   for half, subset in (("dev", dev), ("test", test))}
+        f"{t:g}": {
+            half: rates(subset, ways["deny terms + semantic"], t, categories)
+            for half, subset in (("dev", dev), ("test", test))
+        }
         for t in SWEEP
     }
     ok = [t for t in SWEEP if sweep[f"{t:g}"]["dev"]["false_refusals"] <= MAX_DEV_FALSE_REFUSALS]
@@ -189,19 +191,32 @@ def main() -> None:
     per_prompt = []
     for i in items:
         m = i.match
-        per_prompt.append({
-            "text": i.text, "expected": i.expected, "kind": i.kind, "split": i.split,
-            "terms": denied_terms(i.text, policy.prompt.deny_terms),
-            "closest": m.category if m else None, "score": round(m.score, 4) if m else None,
-            "example": m.example if m else None, "embedded": meaning_text(i.text),
-        })
+        per_prompt.append(
+            {
+                "text": i.text,
+                "expected": i.expected,
+                "kind": i.kind,
+                "split": i.split,
+                "terms": denied_terms(i.text, policy.prompt.deny_terms),
+                "closest": m.category if m else None,
+                "score": round(m.score, 4) if m else None,
+                "example": m.example if m else None,
+                "embedded": meaning_text(i.text),
+            }
+        )
 
     heads = ["rule", *categories, "recall", "right category", "false refusals", "near-miss false refusals"]
 
     def main_rows(half: str) -> list[list[object]]:
         return [
-            [name, *(pct(r[c]) for c in categories), pct(r["recall"]), pct(r["right_category"]),
-             pct(r["false_refusals"]), pct(r["false_refusals_near_miss"])]
+            [
+                name,
+                *(pct(r[c]) for c in categories),
+                pct(r["recall"]),
+                pct(r["right_category"]),
+                pct(r["false_refusals"]),
+                pct(r["false_refusals_near_miss"]),
+            ]
             for name, r in table[half].items()
         ]
 
@@ -226,8 +241,16 @@ def main() -> None:
         "",
         md_table(
             ["threshold", "dev recall", "dev false refusals", "test recall", "test false refusals"],
-            [[t, pct(s["dev"]["recall"]), pct(s["dev"]["false_refusals"]), pct(s["test"]["recall"]),
-              pct(s["test"]["false_refusals"])] for t, s in sweep.items()],
+            [
+                [
+                    t,
+                    pct(s["dev"]["recall"]),
+                    pct(s["dev"]["false_refusals"]),
+                    pct(s["test"]["recall"]),
+                    pct(s["test"]["false_refusals"]),
+                ]
+                for t, s in sweep.items()
+            ],
         ),
         "",
         f"Lowest threshold with at most {MAX_DEV_FALSE_REFUSALS:.0%} false refusals on the dev half: "
@@ -246,12 +269,23 @@ def main() -> None:
         f" {latency_1t.median_ms:.1f} ms / {latency_1t.p95_ms:.1f} ms with 1 thread.",
     ]
     data = {
-        "policy_version": policy.version, "threshold": chosen, "model": embedder.name,
-        "table": table, "sweep": sweep, "suggested_threshold": suggested, "by_kind": kinds,
-        "cost": {"load_s": round(load_s, 3), "examples_ms": round(1000 * examples_s, 1),
-                 "examples": len(examples), "per_prompt": latency.summary(),
-                 "per_prompt_1_thread": latency_1t.summary(), "torch_threads": threads},
-        "prompts": per_prompt, "machine": info,
+        "policy_version": policy.version,
+        "threshold": chosen,
+        "model": embedder.name,
+        "table": table,
+        "sweep": sweep,
+        "suggested_threshold": suggested,
+        "by_kind": kinds,
+        "cost": {
+            "load_s": round(load_s, 3),
+            "examples_ms": round(1000 * examples_s, 1),
+            "examples": len(examples),
+            "per_prompt": latency.summary(),
+            "per_prompt_1_thread": latency_1t.summary(),
+            "torch_threads": threads,
+        },
+        "prompts": per_prompt,
+        "machine": info,
     }
     _, md_path = write_results("prompt_rules", data, "\n".join(md), args.results_dir)
     print(md_path.read_text())

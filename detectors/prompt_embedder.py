@@ -5,6 +5,9 @@ all-MiniLM-L6-v2 (Apache-2.0; 6 layers, 384 dimensions, 22 M parameters), from t
 included). It is loaded with ``transformers`` directly, offline (``local_files_only``), and the
 weights' SHA-256 is checked first; the pooling is the model's own (mean over tokens, then unit
 length), so vectors equal those of sentence-transformers. Nothing is downloaded.
+
+torch and transformers are imported when the model is built, so that ``consentry policy check``
+can find the weights without importing them.
 """
 
 from __future__ import annotations
@@ -18,9 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from consentry.detectors.devices import resolve_device
 from consentry.policies import codes
 from consentry.policies.errors import ConfigurationError
 from consentry.policies.prompt_rules import SemanticRule, Vectors
@@ -78,6 +79,8 @@ class MiniLMPromptEmbedder:
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
+        from consentry.detectors.devices import resolve_device
+
         folder = model_dir if model_dir is not None else bundled_model_dir()
         _check_weights(folder / "model.safetensors", weights_sha256)
         self.device = resolve_device(device)
@@ -97,6 +100,8 @@ class MiniLMPromptEmbedder:
         return np.concatenate(out) if out else np.zeros((0, 384), np.float32)
 
     def _embed_batch(self, texts: Sequence[str]) -> Vectors:
+        import torch
+
         with self._tokenize_lock:
             batch = self._tokenizer(
                 list(texts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"

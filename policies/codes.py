@@ -184,6 +184,9 @@ CALIBRATE_NO_FACES = "calibrate.no_faces"
 CALIBRATE_NO_GENUINE_PAIRS = "calibrate.no_genuine_pairs"
 REPORT_WRITE_FAILED = "report.write_failed"
 
+# -- policy check: `consentry policy check --prompt` (prompt rules by meaning, policy file) ------
+POLICY_PROMPT_INVALID = "policy.prompt_invalid"
+
 ALL: frozenset[str] = frozenset(
     value for name, value in list(globals().items()) if name.isupper() and isinstance(value, str)
 )

@@ -150,6 +150,8 @@ def load_policy(path: Path | None) -> Policy:
         return parse_policy(default_policy_text(), "default policy")
     try:
         text = path.read_text("utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"policy file {path} does not exist", code=codes.POLICY_INVALID) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"cannot read policy file {path}: {exc}", code=codes.POLICY_INVALID) from exc
     return parse_policy(text, str(path))

@@ -45,8 +45,9 @@ _FRAMING_WORDS = frozenset(
     ]
 )
 _LEET = str.maketrans("0134578@$", "oieastbas")
-_SPELLED_OUT = re.compile(r"\b(?:\w[ .]){2,}\w\b")
-"""Three or more single characters spaced or dotted out (``n u d e``, ``s.e.x``)."""
+_SPELLED_OUT = re.compile(r"\b(?![ai] )(?:\w[ .]){2,}\w\b")
+"""Three or more single characters spaced or dotted out (``n u d e``, ``s.e.x``); a leading
+``a`` or ``i`` is taken for the English word (``a n u d e`` is ``a nude``)."""
 
 
 def _unleet(word: str) -> str:
