@@ -120,7 +120,8 @@ def test_inline_tables_and_dotted_keys_are_located() -> None:
     [
         ('semantic = true\n', "needs at least one"),
         (
-            '[[prompt.categories]]\nname = "a"\nexamples = ["x"]\n[[prompt.categories]]\nname = "a"\nexamples = ["y"]\n',
+            '[[prompt.categories]]\nname = "a"\nexamples = ["x"]\n'
+            '[[prompt.categories]]\nname = "a"\nexamples = ["y"]\n',
             "unique",
         ),
     ],
