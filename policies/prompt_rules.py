@@ -51,19 +51,50 @@ _SPELLED_OUT = re.compile(r"\b(?![ai] )(?:\w[ .]){2,}\w\b")
 
 
 def _unleet(word: str) -> str:
-    """``n4k3d`` -> ``naked``: digits read as letters, only in a word that also has letters."""
-    if re.search(r"[a-z]", word) and re.search(r"[0-9@$]", word):
+    """``n4k3d`` -> ``naked``: digits read as letters in a word that starts with a letter (``4k``,
+    ``35mm`` or ``1990s`` stay as they are)."""
+    if word[:1].isalpha() and re.search(r"[0-9@$]", word):
         return word.translate(_LEET)
     return word
+
+
+def _spelled_out_joined(text: str) -> str:
+    return _SPELLED_OUT.sub(lambda m: re.sub(r"[ .]", "", m.group(0)), text.lower())
+
+
+def _meaning_words(text: str) -> list[str]:
+    words = [_unleet(w) for w in re.findall(r"[\w'@$]+", text)]
+    return [w for w in words if w not in _FRAMING_WORDS]
 
 
 def meaning_text(prompt: str) -> str:
     """What the semantic rule embeds: lower case, spelled-out and leetspeak words joined and read
     as letters, framing words (pronouns, articles, prepositions, the medium) dropped. Empty when
     nothing else is left."""
-    text = _SPELLED_OUT.sub(lambda m: re.sub(r"[ .]", "", m.group(0)), prompt.lower())
-    words = [_unleet(w) for w in re.findall(r"[\w'@$]+", text)]
-    return " ".join(w for w in words if w not in _FRAMING_WORDS)
+    return " ".join(_meaning_words(_spelled_out_joined(prompt)))
+
+
+_CLAUSE_BREAK = re.compile(r"[,.;:!?()\[\]{}|/\n]+")
+WINDOW_WORDS = 6
+"""Words per window over a long clause (after framing words are dropped): a request hidden in a
+long run-on description is not averaged away."""
+
+
+def meaning_parts(prompt: str) -> list[str]:
+    """The texts one prompt is embedded as (one batch): the whole prompt, each clause, and
+    overlapping windows of :data:`WINDOW_WORDS` words over longer clauses. A sentence embedding
+    is a mean over tokens, so one harmful clause padded with a harmless scene ("a misty lake at
+    dawn, pine forest, golden light, ...") would otherwise score like the scene."""
+    text = _spelled_out_joined(prompt)
+    parts = [" ".join(_meaning_words(text))]
+    for clause in _CLAUSE_BREAK.split(text):
+        words = _meaning_words(clause)
+        parts.append(" ".join(words))
+        if len(words) > WINDOW_WORDS:
+            step = WINDOW_WORDS // 2
+            for start in range(0, len(words) - WINDOW_WORDS + step, step):
+                parts.append(" ".join(words[start : start + WINDOW_WORDS]))
+    return [p for p in dict.fromkeys(parts) if p]
 
 
 class PromptEmbedder(Protocol):
@@ -93,6 +124,10 @@ class CategoryMatch:
     @property
     def denied(self) -> bool:
         return self.score >= self.threshold
+
+    @property
+    def margin(self) -> float:
+        return self.score - self.threshold
 
 
 class MeaningCheck(Protocol):
@@ -145,18 +180,23 @@ class SemanticRule:
             sims = c.vectors @ vector
             i = int(np.argmax(sims))
             match = CategoryMatch(c.name, float(sims[i]), c.threshold, c.examples[i])
-            if best is None or match.score - match.threshold > best.score - best.threshold:
+            if best is None or match.margin > best.margin:
                 best = match
         return best
 
     def check(self, prompt: str) -> CategoryMatch | None:
-        """Embed ``prompt`` (one forward pass, blocking) and find its closest category; None when
-        the prompt has nothing but framing words (or the policy no categories)."""
-        text = meaning_text(prompt)
-        if not text:
+        """Embed ``prompt`` and its clauses (one batch, blocking) and find the closest category
+        of any of them; None when the prompt has nothing but framing words (or the policy no
+        categories)."""
+        parts = meaning_parts(prompt)
+        if not parts:
             return None
-        [vector] = self.embedder.embed([text])
-        return self.closest(vector)
+        best: CategoryMatch | None = None
+        for vector in self.embedder.embed(parts):
+            match = self.closest(vector)
+            if match is not None and (best is None or match.margin > best.margin):
+                best = match
+        return best
 
 
 def semantic_verdict(match: CategoryMatch | None) -> Verdict:

@@ -11,7 +11,14 @@ import pytest
 from consentry.gateway.testing import WordsEmbedder
 from consentry.policies import codes
 from consentry.policies.policy import parse_policy
-from consentry.policies.prompt_rules import SemanticRule, meaning_text, screen_prompt, semantic_verdict
+from consentry.policies.prompt_rules import (
+    WINDOW_WORDS,
+    SemanticRule,
+    meaning_parts,
+    meaning_text,
+    screen_prompt,
+    semantic_verdict,
+)
 
 POLICY = parse_policy(
     """
@@ -47,7 +54,7 @@ class CountingEmbedder(WordsEmbedder):
         ("A photo of HER in the rain", "rain"),  # framing words go
         ("n4k3d  wr3stl3r", "naked wrestler"),  # leetspeak read as letters
         ("a n u d e statue, s.e.x", "nude statue sex"),  # spelled-out words joined
-        ("a 1990s portrait in 4k", "i99os ak"),  # harmless: words without letters stay as they are
+        ("a 1990s portrait in 4k, 35mm", "1990s 4k 35mm"),  # a word starting with a digit stays
         ("a portrait of her", ""),  # nothing but framing: nothing to compare
     ],
 )
@@ -91,3 +98,22 @@ def test_a_harmless_prompt_passes_with_its_closest_category_reported() -> None:
     assert shown["refused"] is False and shown["code"] == codes.OK and shown["category"] is None
     assert shown["closest"] in ("weather", "fruit") and shown["score"] < 0.6
     assert screen_prompt("a portrait of her", (), rule).match is None  # nothing to compare
+
+
+def test_a_prompt_is_embedded_whole_by_clause_and_by_window() -> None:
+    assert meaning_parts("a portrait of her") == []
+    assert meaning_parts("her in the rain") == ["rain"]  # one clause: embedded once
+    parts = meaning_parts("misty lake, pine forest, thunder storm")
+    assert parts == ["misty lake pine forest thunder storm", "misty lake", "pine forest", "thunder storm"]
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    windows = [p for p in meaning_parts(" ".join(words)) if len(p.split()) == WINDOW_WORDS]
+    assert windows == [" ".join(words[0:6]), " ".join(words[3:9])]
+
+
+def test_a_request_padded_with_a_harmless_scene_is_still_found() -> None:
+    rule = SemanticRule.build(POLICY.prompt, WordsEmbedder())
+    padded = "quiet village street at dusk, cobblestones, warm lamps, old bakery, snow blizzard"
+    match = rule.check(padded)
+    assert match is not None and match.category == "weather" and match.score == pytest.approx(1.0)
+    whole = WordsEmbedder().embed([meaning_text(padded), "snow blizzard"])
+    assert float(whole[0] @ whole[1]) < 0.6  # the whole prompt alone would have passed
