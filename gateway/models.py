@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from consentry.detectors.analyzer import AnalyzedImage, Analyzer  # noqa: F401 (the base class names it as a string)
     from consentry.detectors.embedders import Embedder
     from consentry.generation.lora_training import LoraTrainingConfig, TrainedAdapter
+    from consentry.policies.prompt_rules import CategoryMatch, SemanticRule  # noqa: F401 (as above)
 
 M = TypeVar("M")
 
@@ -116,3 +117,14 @@ class LazyGenerator(_Lazy[Generator]):
         # Close only what this holder built: an injected generator belongs to whoever made it.
         if self._model is not None and self._owned:
             self._model.close()
+
+
+class LazyPromptRule(_Lazy["SemanticRule"]):
+    """The policy's deny categories by meaning: the embedding model loads and the categories'
+    examples are embedded once, at warm-up or on the first prompt that reaches the rule."""
+
+    def check(self, prompt: str) -> CategoryMatch | None:
+        return self.model.check(prompt)
+
+    def close(self) -> None:
+        """The embedding model holds no resources beyond memory (and is shared per process)."""

@@ -28,6 +28,7 @@ from consentry.policies.consent import Consent, evaluate_consent, evaluate_promp
 from consentry.policies.decision import Verdict
 from consentry.policies.errors import StageError
 from consentry.policies.policy import Policy
+from consentry.policies.prompt_rules import MeaningCheck, semantic_verdict
 from consentry.provenance.ingredients import ReferenceIngredient
 from consentry.provenance.keys import SigningMaterial
 from consentry.provenance.manifest import ManifestInfo, sign_image
@@ -43,11 +44,13 @@ if TYPE_CHECKING:
 
 class ConsentStage:
     """A named subject needs a live grant that lets this principal generate them for this purpose
-    and prompt; every request passes the deployment's prompt rules."""
+    and prompt; every request passes the deployment's prompt rules: deny terms first, then, when
+    the policy turns it on, the deny categories by meaning (one embedding in a worker thread)."""
 
-    def __init__(self, subjects: Subjects, policy: Policy) -> None:
+    def __init__(self, subjects: Subjects, policy: Policy, meaning: MeaningCheck | None = None) -> None:
         self.subjects = subjects
         self.policy = policy
+        self.meaning = meaning
 
     async def check(self, job: GateJob) -> Consent:
         deny_terms = self.policy.deny_terms_for(job.purpose)
@@ -55,6 +58,7 @@ class ConsentStage:
             verdict = evaluate_prompt(job.generation.prompt, deny_terms)
             if not verdict.allowed:
                 raise Refusal(verdict)
+            await self._by_meaning(job.generation.prompt)
             return Consent(None)
         # Read the subject and its grants at request time: a revocation or erasure takes effect
         # on the very next request, whichever gateway process recorded it.
@@ -71,7 +75,16 @@ class ConsentStage:
         )
         if outcome.grant is None:
             raise Refusal(outcome.verdict)
+        await self._by_meaning(job.generation.prompt)
         return Consent(outcome.grant)
+
+    async def _by_meaning(self, prompt: str) -> None:
+        """Refuse a prompt that falls in a deny category, naming the category."""
+        if self.meaning is None:
+            return
+        verdict = semantic_verdict(await asyncio.to_thread(self.meaning.check, prompt))
+        if not verdict.allowed:
+            raise Refusal(verdict)
 
 
 async def _score(

@@ -12,6 +12,8 @@ monkeypatching.
 - :class:`FingerprintClassifier` scores images for explicit content by fingerprint: mark a
   photo explicit and the content check sees it so (no explicit picture is needed to test the
   rules).
+- :class:`WordsEmbedder` embeds a text as its bag of words, so the prompt rules by meaning
+  refuse a prompt that shares most words with a category's example (no model needed).
 - :class:`FailingGenerator`, :class:`FailingCheck` and :class:`FailingClassifier` fail (raise, or
   hang past the stage budget) so fail-closed behaviour can be shown for any step.
 """
@@ -275,3 +277,19 @@ class FailingCheck:
         if self.error is not None:
             raise self.error
         return Verdict.allow("slow check finished")
+
+
+class WordsEmbedder:
+    """A :class:`~consentry.policies.prompt_rules.PromptEmbedder` whose vectors are hashed bags of
+    words: the cosine similarity of two texts is their word overlap."""
+
+    name = "words"
+    dim = 512
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                out[row, int.from_bytes(hashlib.sha256(word.encode()).digest()[:4], "big") % self.dim] += 1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms == 0, 1.0, norms)

@@ -17,7 +17,7 @@ from consentry.gateway.flow import GenerateFlow, Stages
 from consentry.gateway.gate import Gate, GateParts, decode_uploads
 from consentry.gateway.index_cache import IndexCache
 from consentry.gateway.metrics import GateMetrics
-from consentry.gateway.models import LazyAnalyzer, LazyGenerator
+from consentry.gateway.models import LazyAnalyzer, LazyGenerator, LazyPromptRule, Loadable
 from consentry.gateway.personalization import AdapterTraining
 from consentry.gateway.ratelimit import RateLimiter, RedisTokenBuckets, TokenBuckets
 from consentry.gateway.release import ReleaseStage
@@ -43,6 +43,7 @@ from consentry.policies import codes
 from consentry.policies.config import EmbedderKind, Settings, UnknownFaces
 from consentry.policies.errors import ConfigurationError
 from consentry.policies.policy import ContentClassifierKind, Policy, load_policy
+from consentry.policies.prompt_rules import PromptEmbedder, SemanticRule
 from consentry.provenance.audit_signing import AuditSigner
 from consentry.provenance.keys import load_signing_material
 from consentry.provenance.verification import ProvenanceVerifier, load_trust_anchors
@@ -144,11 +145,12 @@ def build_stages(
     adapters: Adapters,
     policy: Policy,
     classifier: ContentClassifier | None = None,
+    prompt_rule: LazyPromptRule | None = None,
 ) -> Stages:
     """The implementation of each step of :class:`GenerateFlow`, from the settings."""
     s, keys_dir = settings, settings.keys_dir
     return Stages(
-        consent=ConsentStage(subjects, policy),
+        consent=ConsentStage(subjects, policy, prompt_rule),
         references=ReferenceFacesStage(
             analyzer, index, s.match_threshold, allow_unknown=s.unknown_faces is UnknownFaces.allow
         ),
@@ -166,6 +168,25 @@ def build_stages(
         sign=SignStage(lambda: load_signing_material(keys_dir), __version__, policy.version),
         release=ReleaseStage(audit, s.output_dir, keep_prompt=s.audit_prompts),
     )
+
+
+def build_prompt_rule(
+    settings: Settings, policy: Policy, embedder: PromptEmbedder | None = None
+) -> LazyPromptRule | None:
+    """The policy's deny categories by meaning, when it turns them on: the bundled embedding model
+    (loaded once per process), or ``embedder`` (tests, embedding apps)."""
+    if not policy.prompt.semantic:
+        return None
+    if embedder is not None:
+        given = embedder
+        return LazyPromptRule(lambda: SemanticRule.build(policy.prompt, given))
+
+    def bundled() -> SemanticRule:
+        from consentry.detectors.prompt_embedder import bundled_semantic_rule
+
+        return bundled_semantic_rule(policy.prompt, settings.device)
+
+    return LazyPromptRule(bundled)
 
 
 def build_rate_limiter(settings: Settings) -> RateLimiter:
@@ -192,12 +213,14 @@ async def open_gate(
     generator: Generator | None = None,
     content_classifier: ContentClassifier | None = None,
     adjust_stages: Callable[[Stages], Stages] | None = None,
+    prompt_embedder: PromptEmbedder | None = None,
 ) -> Gate:
     """Open the database (migrating it) and assemble the gate; models load on first use.
 
-    ``analyzer``, ``generator`` and ``content_classifier`` replace the configured models (tests,
-    embedding apps); an injected generator is not closed with the gate: it belongs to whoever
-    made it. An injected classifier runs whatever the policy's ``content.classifier`` says.
+    ``analyzer``, ``generator``, ``content_classifier`` and ``prompt_embedder`` replace the
+    configured models (tests, embedding apps); an injected generator is not closed with the gate:
+    it belongs to whoever made it. An injected classifier runs whatever the policy's
+    ``content.classifier`` says.
     ``adjust_stages`` may swap single steps (``dataclasses.replace(stages, outputs=...)``), e.g.
     to put a deliberately failing check into the flow.
     """
@@ -234,6 +257,7 @@ async def open_gate(
         from consentry.detectors.microbatch import MicroBatchingAnalyzer
 
         stage_analyzer = MicroBatchingAnalyzer(lazy_analyzer, settings.face_batch_window_ms / 1000.0)
+    prompt_rule = build_prompt_rule(settings, policy, prompt_embedder)
     watermarker = Watermarker(WatermarkKeyring.load_or_create(keys_dir))
     index = IndexCache(subjects, lazy_analyzer)
     classifier = content_classifier if content_classifier is not None else build_content_classifier(policy)
@@ -248,6 +272,7 @@ async def open_gate(
         adapters=adapters,
         policy=policy,
         classifier=classifier,
+        prompt_rule=prompt_rule,
     )
     if adjust_stages is not None:
         stages = adjust_stages(stages)
@@ -268,6 +293,11 @@ async def open_gate(
         trainer=lambda: lazy_generator if capabilities_of(lazy_generator).adapters else None,
         decode=decode,
     )
+    models: tuple[Loadable, ...] = (lazy_analyzer, lazy_generator)
+    if prompt_rule is not None:  # loaded at warm-up too, so no request pays for it
+        models = (*models, prompt_rule)
+    if classifier is not None:  # a configured classifier that cannot load stops the gateway
+        models = (*models, classifier)
     return Gate(
         GateParts(
             settings=settings,
@@ -286,7 +316,6 @@ async def open_gate(
             metrics=metrics,
             adapters=adapters,
             training=training,
-            # A configured classifier that cannot load stops the gateway at warm-up.
-            models=(lazy_analyzer, lazy_generator, *([classifier] if classifier is not None else [])),
+            models=models,
         )
     )

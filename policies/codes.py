@@ -209,6 +209,9 @@ PUBLIC_CONSENT_REVOKED = "public.consent_revoked"
 PUBLIC_SUBJECT_ERASED = "public.subject_erased"
 PUBLIC_BUSY = "public.busy"
 
+# -- policy check: `consentry policy check --prompt` (prompt rules by meaning, policy file) ------
+POLICY_PROMPT_INVALID = "policy.prompt_invalid"
+
 ALL: frozenset[str] = frozenset(
     value for name, value in list(globals().items()) if name.isupper() and isinstance(value, str)
 )

@@ -14,11 +14,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from consentry.policies import codes
 from consentry.policies.consent import Purpose
 from consentry.policies.errors import ConfigurationError
+from consentry.policies.policy_lines import key_lines, line_of
 
 Term = Annotated[str, Field(min_length=1, max_length=100)]
 Phrase = Annotated[str, Field(min_length=1, max_length=300)]
@@ -55,6 +56,16 @@ class PromptPolicy(_Section):
     """Default similarity for every category without its own ``threshold``."""
     categories: list[PromptCategory] = Field(default_factory=list, max_length=100)
     """The deny categories by meaning."""
+
+    @model_validator(mode="after")
+    def _categories_make_sense(self) -> PromptPolicy:
+        names = [c.name for c in self.categories]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"category names must be unique: {', '.join(twice)} appear more than once")
+        if self.semantic and not self.categories:
+            raise ValueError("semantic = true needs at least one [[prompt.categories]]")
+        return self
 
 
 class PurposeRules(_Section):
@@ -138,7 +149,7 @@ def default_policy_text() -> str:
 
 
 def parse_policy(text: str, source: str) -> Policy:
-    """Validate a policy file's text; errors name ``source`` and, for syntax, the line."""
+    """Validate a policy file's text; every error names ``source``, the line and the key."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -146,10 +157,13 @@ def parse_policy(text: str, source: str) -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigurationError(f"{source}: {problems}", code=codes.POLICY_INVALID) from exc
+        lines = key_lines(text)
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            line = line_of(lines, err["loc"])
+            problems.append(f"{'' if line is None else f'line {line}: '}{where}: {err['msg']}")
+        raise ConfigurationError(f"{source}: {'; '.join(problems)}", code=codes.POLICY_INVALID) from exc
 
 
 def load_policy(path: Path | None) -> Policy:
@@ -158,6 +172,8 @@ def load_policy(path: Path | None) -> Policy:
         return parse_policy(default_policy_text(), "default policy")
     try:
         text = path.read_text("utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"policy file {path} does not exist", code=codes.POLICY_INVALID) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"cannot read policy file {path}: {exc}", code=codes.POLICY_INVALID) from exc
     return parse_policy(text, str(path))

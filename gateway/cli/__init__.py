@@ -46,6 +46,7 @@ HANDLERS: dict[str, str] = {
     "calibrate": "calibrate_cmd:cmd_calibrate",
     "watermark_embed": "watermark_cmds:cmd_watermark_embed",
     "watermark_decode": "watermark_cmds:cmd_watermark_decode",
+    "policy_check": "policy_cmds:cmd_policy_check",
 }
 
 

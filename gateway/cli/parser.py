@@ -169,6 +169,24 @@ def build(handlers: Mapping[str, object]) -> argparse.ArgumentParser:
     ex.add_argument("--until", help="ISO 8601 time, exclusive")
     ex.add_argument("--out", help="file to write (default: standard output)")
 
+    policy = sub.add_parser("policy", help="The policy file").add_subparsers(
+        dest="policy_command", required=True
+    )
+    check = command(
+        "check",
+        "policy_check",
+        "Validate a policy file; with --prompt, show how its rules treat a prompt",
+        policy,
+    )
+    check.add_argument(
+        "file", nargs="?", help="policy file (default: the configured policy_file, else the shipped one)"
+    )
+    check.add_argument("--prompt", help="a prompt to run through the policy's prompt rules")
+    check.add_argument(
+        "--purpose", choices=[p.value for p in Purpose], help="with --prompt: add this purpose's rules"
+    )
+    check.add_argument("--json", action="store_true")
+
     cal = command(
         "calibrate", "calibrate", "Measure face matching on DIR/<person>/<photo>; suggest a threshold"
     )

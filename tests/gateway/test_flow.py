@@ -10,12 +10,13 @@ import dataclasses
 import hashlib
 import io
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -29,6 +30,7 @@ from consentry.gateway.testing import (
     FailingGenerator,
     FingerprintAnalyzer,
     PhotoGenerator,
+    WordsEmbedder,
     synthetic_photo,
 )
 from consentry.gateway.wiring import open_gate
@@ -86,6 +88,7 @@ async def build(database_url: str, tmp_path: Path, dev_keys: Path) -> AsyncItera
         generator: Callable[[Image.Image], Generator] = PhotoGenerator,
         adjust: Callable[[Stages], Stages] | None = None,
         max_uses: int | None = None,
+        prompt_embedder: WordsEmbedder | None = None,
         **overrides: Any,  # Settings fields
     ) -> World:
         analyzer = FingerprintAnalyzer()
@@ -99,7 +102,13 @@ async def build(database_url: str, tmp_path: Path, dev_keys: Path) -> AsyncItera
         settings = Settings(
             data_dir=tmp_path, database_url=database_url, keys_dir=dev_keys, device="cpu", **overrides
         )
-        gate = await open_gate(settings, analyzer=analyzer, generator=generator(drawn), adjust_stages=adjust)
+        gate = await open_gate(
+            settings,
+            analyzer=analyzer,
+            generator=generator(drawn),
+            adjust_stages=adjust,
+            prompt_embedder=prompt_embedder,
+        )
         gates.append(gate)
         alice = await gate.enroll(
             LOCAL_ACTOR,
@@ -424,3 +433,52 @@ async def test_a_broken_policy_file_stops_the_gate_before_it_opens(build: Build,
         await build(policy_file=policy)
     assert caught.value.code == codes.POLICY_INVALID
     assert not (tmp_path / "consentry.db").exists(), "nothing is written for a bad policy"
+
+
+MEANING_POLICY = """version = "meaning-1"
+[prompt]
+deny_terms = ["gore"]
+semantic = true
+semantic_threshold = 0.6
+[[prompt.categories]]
+name = "graphic_violence"
+examples = ["blood everywhere open wounds"]
+"""
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["subject", "no subject"])
+async def test_a_prompt_close_to_a_deny_category_is_refused_with_the_category_named(
+    build: Build, tmp_path: Path, named: bool
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(MEANING_POLICY)
+    world = await build(policy_file=policy, prompt_embedder=WordsEmbedder())
+
+    def ask(prompt: str) -> GenerationRequest:
+        req = world.ask(prompt)
+        return req if named else dataclasses.replace(req, subject_id=None, purpose=None)
+
+    error = await refused(world, ask("her portrait, open wounds and blood everywhere"))
+    assert error.code == codes.CONSENT_PROMPT_DENIED and "'graphic_violence'" in error.detail
+    [body] = [e.body async for e in world.gate.audit.events() if e.kind == "generation.refused"]
+    consent = body["stages"]["consent"]
+    assert "'graphic_violence'" in consent["reason"] and consent["scores"]["similarity"] >= 0.6
+    assert body["policy_version"] == "meaning-1"
+    # The keyword rule still comes first, and a prompt far from every category is released.
+    error = await refused(world, ask("gore, open wounds and blood everywhere"))
+    assert "denied terms: gore" in error.detail
+    if named:  # (the build's generator draws Alice: a request naming nobody would be refused)
+        release = await world.gate.generate(world.p, ask("a portrait in a sunny garden"))
+        assert release.decision.code == codes.RELEASED
+
+
+async def test_a_semantic_rule_that_cannot_load_refuses_every_request(build: Build, tmp_path: Path) -> None:
+    class BrokenEmbedder(WordsEmbedder):
+        def embed(self, texts: Sequence[str]) -> np.ndarray:
+            raise RuntimeError("model file unreadable")
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(MEANING_POLICY)
+    world = await build(policy_file=policy, prompt_embedder=BrokenEmbedder())
+    error = await refused(world, world.ask("a portrait in a sunny garden"))
+    assert isinstance(error, StageError) and error.code == codes.STAGE_ERROR

@@ -245,6 +245,53 @@ def check_calibrate_text(r: Result, c: Ctx) -> None:
     assert tomllib.loads(config.read_text()) == {"match_threshold": float(m.group(1))}
 
 
+SITE_POLICY = """version = "site-1"
+[prompt]
+deny_terms = ["gore"]
+[purposes.marketing]
+deny_terms = ["endorses"]
+"""
+
+
+def write_policies(c: Ctx, argv: list[str]) -> Result:
+    """A deployment's own policy file, and a broken one (line 4: a threshold above 1)."""
+    (c["tmp"] / "site-policy.toml").write_text(SITE_POLICY)
+    (c["tmp"] / "broken-policy.toml").write_text('version = "x"\n\n[prompt]\nsemantic_threshold = 3\n')
+    return Result(argv, code=0)
+
+
+def check_policy_default(r: Result, c: Ctx) -> None:
+    from consentry.policies.policy import load_policy
+
+    assert r.lines()[0] == f"default policy: valid, version {load_policy(None).version}"
+    assert "semantic rule on: 4 categories (sexual, graphic_violence, humiliation, minors)" in r.out
+
+
+def check_policy_file_json(r: Result, c: Ctx) -> None:
+    shown = one_json(r)
+    assert (shown["valid"], shown["version"], shown["semantic"]) == (True, "site-1", False)
+    assert shown["purposes"] == ["marketing"] and shown["file"] == str(c["tmp"] / "site-policy.toml")
+
+
+def check_policy_broken(r: Result, c: Ctx) -> None:  # the line of the bad key
+    check_error(r, "policy.invalid")
+    assert "broken-policy.toml: line 4: prompt.semantic_threshold:" in r.err
+
+
+def policy_verdict(refused: bool, category: str | None) -> Check:
+    def check(r: Result, c: Ctx) -> None:
+        shown = one_json(r)
+        assert (shown["refused"], shown["category"]) == (refused, category)
+        assert shown["code"] == ("consent.prompt_denied" if refused else "ok")
+        assert isinstance(shown["score"], float) and (shown["score"] >= shown["threshold"]) == refused
+
+    return check
+
+
+def check_policy_purpose(r: Result, c: Ctx) -> None:
+    assert r.out == "refused [consent.prompt_denied]: the prompt uses denied terms: endorses\n"
+
+
 def demo(name: str, args: Callable[[Ctx], list[str]], outputs: Callable[[Ctx], Path]) -> Step:
     """Each run recreates DATA_DIR/demo, so the released images are listed right after it."""
 
@@ -465,6 +512,21 @@ STEPS = [
     ], check=check_calibrate_json),
     Step("calibrate_text", ("calibrate",), lambda c: [str(c["tmp"] / "calib"), "--write-config"],
          env=lambda c: {"CONSENTRY_CONFIG": str(c["tmp"] / "own.toml")}, check=check_calibrate_text),
+    Step("policy_check", ("policy", "check"), check=check_policy_default),
+    Step("write_policies", None, run=write_policies),
+    Step("policy_check_file_json", ("policy", "check"),
+         lambda c: [str(c["tmp"] / "site-policy.toml"), "--json"], check=check_policy_file_json),
+    Step("policy_check_broken", ("policy", "check"), lambda c: [str(c["tmp"] / "broken-policy.toml")],
+         code=2, check=check_policy_broken),
+    Step("policy_check_prompt_json", ("policy", "check"),
+         lambda c: ["--prompt", "photograph her with all of her clothes stripped off", "--json"],
+         check=policy_verdict(True, "sexual")),
+    Step("policy_check_prompt_allowed", ("policy", "check"),
+         lambda c: ["--prompt", "a portrait of her reading in a sunny garden", "--json"],
+         check=policy_verdict(False, None)),
+    Step("policy_check_purpose", ("policy", "check"), lambda c: [
+        str(c["tmp"] / "site-policy.toml"), "--prompt", "she endorses our brand", "--purpose", "marketing",
+    ], check=check_policy_purpose),
     demo("demo", lambda c: [], lambda c: c["data"] / "demo" / "outputs"),
     demo("demo_out", lambda c: ["--out", str(c["tmp"] / "demo-out")], lambda c: c["tmp"] / "demo-out"),
     Step("serve", ("serve",), lambda c: ["--host", HOST, "--port", str(c["port"]), "--workers", "1"],
