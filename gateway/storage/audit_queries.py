@@ -201,26 +201,28 @@ class AuditQueries:
         return _event(row) if row is not None else None
 
     async def matching(self, flt: EventFilter, batch: int = 1000) -> AsyncIterator[ChainedEvent]:
-        """Every matching event, oldest first, in keyset batches (for exports: one session for
-        the whole stream, which outlives the request that started it)."""
+        """Every matching event, oldest first, in keyset batches (for exports). The stream
+        outlives the request that started it and a client may read it slowly: each batch checks
+        a connection out only while it reads, so a slow download holds no pooled connection."""
         async with self.db.session() as s:
             terms = await self._conditions(s, flt)
-            if terms is None:
-                return
-            after = 0
-            while True:
-                query = (
-                    select(*EVENT_COLUMNS)
-                    .where(*terms, AuditEvent.seq > after)
-                    .order_by(AuditEvent.seq)
-                    .limit(batch)
-                )
+        if terms is None:
+            return
+        after = 0
+        while True:
+            query = (
+                select(*EVENT_COLUMNS)
+                .where(*terms, AuditEvent.seq > after)
+                .order_by(AuditEvent.seq)
+                .limit(batch)
+            )
+            async with self.db.session() as s:
                 rows = (await s.execute(query)).all()
-                if not rows:
-                    return
-                for row in rows:
-                    yield _event(row)
-                after = rows[-1][0]
+            if not rows:
+                return
+            for row in rows:
+                yield _event(row)
+            after = rows[-1][0]
 
     async def recent_generations_after(
         self, s: AsyncSession, after: int, limit: int
