@@ -1,4 +1,4 @@
-"""The console: server-side sessions, and indexed copies of audit body fields.
+"""The console: server-side sessions, indexed copies of audit body fields, and event counts.
 
 ``audit_events`` gains ``principal_id``, ``actor``, ``identity_id`` and ``code`` (copies of
 ``body.principal_id``, ``body.actor``, ``body.identity_id`` and ``body.decision``, filled here for
