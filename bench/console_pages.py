@@ -1,13 +1,19 @@
 """Console pages at 100,000 audit events, on SQLite and PostgreSQL: each page over HTTP, in-process.
 
 Fills a fresh database with N properly chained, signed audit events spread over 30 days (the real
-schema, hash chain, indexed body copies, checkpoints and head; generation decisions with every
-stage's verdict and timing, releases with their generation records, grant and erasure events),
-plus identities, grants and principals; serves the real app (fakes for the face and diffusion
-models, which no console page uses), signs in through the login form, and times each page,
-interleaved. Goal: every page <= 200 ms (issue 14 line 7).
+schema, hash chain, indexed body copies, the ``audit_counts`` rollup kept by its trigger,
+checkpoints and head; generation decisions with every stage's verdict and timing, releases with
+their generation records, grant revocations and erasures with their database state), plus
+identities, grants and principals; then VACUUM ANALYZE, as autovacuum would after a bulk load.
+Serves the real app (fakes for the face and diffusion models, which no console page uses), signs
+in through the login form, and times each page, interleaved; the first request of each page
+(cold process caches) is reported apart, with the SQL statements and pool check-outs it took.
+Several ``--events`` sizes show whether a page's cost grows with the log. Also: what the rollup's
+trigger adds to an audit append (appends with and without it, interleaved).
+Goal: every page <= 200 ms, median and p95 (issue 14 line 7).
 
-    .venv/bin/python bench/console_pages.py [--events 100000] [--repeats 15] [--backends sqlite,postgresql]
+    .venv/bin/python bench/console_pages.py [--events 10000,100000] [--repeats 40]
+        [--backends sqlite,postgresql]
 """
 
 from __future__ import annotations
@@ -27,13 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import goal, goal_text, machine_info, md_table, write_results
+from common import Timing, goal, goal_text, machine_info, md_table, write_results
 from PIL import Image
-from sqlalchemy import Table
+from sqlalchemy import Table, event, text, update
 
 from consentry.gateway.gate import Gate
 from consentry.gateway.plugin import ConsentryConfig, create_app
 from consentry.gateway.storage.audit_index import indexed_columns
+from consentry.gateway.storage.audit_log import AuditLog
+from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.tables import (
     AuditCheckpoint,
     AuditEvent,
@@ -55,6 +63,8 @@ GOAL_MS = 200.0
 BATCH = 5_000
 DAYS = 30
 IDENTITIES, PRINCIPALS = 2_000, 20
+ERASABLE = 100
+"""The last identities are kept for erasures (no generation names them)."""
 STAGES = ("consent", "verify_refs", "generate", "verify_output", "watermark", "sign")
 REFUSALS = [  # (code, the stage that refuses), weighted by how often a gate sees them
     (codes.CONSENT_PROMPT_DENIED, "consent"),
@@ -155,13 +165,30 @@ async def fill(settings: Settings, events: int, seed: int = 1) -> dict[str, Any]
         step = timedelta(days=DAYS) / events
         last_seq = first_seq + events - 1
         released_seq = None
+        erasable = identities[IDENTITIES - ERASABLE :]
+        erased: dict[str, datetime] = {}
         for batch_start in range(first_seq, last_seq + 1, BATCH):
             rows, records, points = [], [], []
             for seq in range(batch_start, min(batch_start + BATCH, last_seq + 1)):
                 ts = (t0 + step * (seq - first_seq)).isoformat(timespec="microseconds")
-                k = rng.randrange(IDENTITIES)
+                k = rng.randrange(IDENTITIES - ERASABLE)
                 roll = rng.random()
-                if roll < 0.03:
+                if 0.0400 <= roll < 0.0405 and len(erased) < ERASABLE:
+                    victim = erasable[len(erased)]
+                    erased[victim] = datetime.fromisoformat(ts)
+                    kind, body = (
+                        "identity.erased",
+                        {
+                            "identity_id": victim,
+                            "actor": admin.principal.id,
+                            "templates_destroyed": 3,
+                            "grants_revoked": 1,
+                            "records_flagged": 0,
+                            "adapters_deleted": 0,
+                            "photos_deleted": 0,
+                        },
+                    )
+                elif roll < 0.03:
                     kind, body = (
                         "grant.revoked",
                         {"grant_id": grants[k], "actor": admin.principal.id, "adapters_deleted": 0},
@@ -240,8 +267,20 @@ async def fill(settings: Settings, events: int, seed: int = 1) -> dict[str, Any]
             head = await s.get(AuditHead, 1)
             assert head is not None
             head.seq, head.hash, head.signature = last_seq, prev, signer.sign(last_seq, prev)
-        async with gate.db.engine.begin() as conn:
-            await conn.exec_driver_sql("ANALYZE")  # as autovacuum / a DBA would after a bulk load
+            for victim, at in erased.items():  # what Gate.erase leaves behind
+                await s.execute(
+                    update(table(Identity))
+                    .where(table(Identity).c.id == victim)
+                    .values(status="erased", label="", data_key=None, erased_at=at)
+                )
+                await s.execute(
+                    update(table(Grant)).where(table(Grant).c.identity_id == victim).values(revoked_at=at)
+                )
+        # As autovacuum would after a bulk load (this server runs with it off): the rollup's
+        # rows were updated once per event, 5,000 events to a transaction.
+        async with gate.db.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql("ANALYZE" if gate.db.is_sqlite else "VACUUM ANALYZE")
     finally:
         await gate.close()
     return {
@@ -252,11 +291,12 @@ async def fill(settings: Settings, events: int, seed: int = 1) -> dict[str, Any]
         "principal": "studio-3",
         "t0": t0,
         "events": last_seq,
+        "erasures": len(erased),
     }
 
 
 @asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def serve(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Gate]]:
     """The app with its lifespan run in this event loop (asyncpg pools belong to one loop)."""
 
     async def factory(s: Settings) -> Gate:
@@ -274,7 +314,7 @@ async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     try:
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-            yield client
+            yield client, app.state["consentry_gate"]
     finally:
         await inbox.put({"type": "lifespan.shutdown"})
         await outbox.get()
@@ -301,43 +341,102 @@ async def time_pages(settings: Settings, facts: dict[str, Any], repeats: int) ->
         "compliance report (7 days)": f"/console/report?since={day(20)}&until={day(27)}",
         "compliance report (30 days)": "/console/report",
     }
-    async with serve(settings) as client:
+    async with serve(settings) as (client, gate):
         form = await client.get("/console/login")
         csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
         assert csrf
         r = await client.post("/console/login", data={"api_key": facts["admin_key"], "csrf": csrf.group(1)})
         assert r.status_code == 303, r.text
-        loop = asyncio.get_running_loop()
-        sizes: dict[str, int] = {}
-        rows_shown: dict[str, int] = {}
 
-        # measure_interleaved is synchronous; each call runs the request to completion on this loop.
         async def get(path: str) -> httpx.Response:
             resp = await client.get(path)
             assert resp.status_code == 200, (path, resp.status_code, resp.text[:300])
             return resp
 
-        samples: dict[str, list[float]] = {name: [] for name in pages}
-        for name, path in pages.items():  # warm-up, and what each page shows
+        # The first request of each page, on a fresh process (cold per-process caches: stage
+        # timings, verified checkpoint signatures; cold prepared statements), with the SQL it
+        # takes: statements run and pool check-outs (one pre-ping each on PostgreSQL).
+        engine = gate.db.engine.sync_engine
+        seen = {"statements": 0, "checkouts": 0}
+
+        def on_statement(*_: Any) -> None:
+            seen["statements"] += 1
+
+        def on_checkout(*_: Any) -> None:
+            seen["checkouts"] += 1
+
+        event.listen(engine, "before_cursor_execute", on_statement)
+        event.listen(engine.pool, "checkout", on_checkout)
+        first: dict[str, dict[str, Any]] = {}
+        for name, path in pages.items():
+            seen.update(statements=0, checkouts=0)
+            begin = time.perf_counter()
             resp = await get(path)
-            sizes[name] = len(resp.content)
-            rows_shown[name] = len(re.findall(r'class="open-event"', resp.text))
+            first[name] = {
+                "cold_ms": round((time.perf_counter() - begin) * 1000.0, 2),
+                "bytes": len(resp.content),
+                "rows": len(re.findall(r'class="open-event"', resp.text))
+                + len(re.findall(r'<a href="/console/decisions/\d+">', resp.text)),
+                **seen,
+            }
+        event.remove(engine, "before_cursor_execute", on_statement)
+        event.remove(engine.pool, "checkout", on_checkout)
+
+        samples: dict[str, list[float]] = {name: [] for name in pages}
         names = list(pages)
-        for i in range(repeats):
+        for i in range(repeats):  # interleaved: a load spike hits every page alike
             shift = i % len(names)
             for name in names[shift:] + names[:shift]:
-                start = loop.time()
                 begin = time.perf_counter()
                 await get(pages[name])
                 samples[name].append((time.perf_counter() - begin) * 1000.0)
-                del start
-    from common import Timing
 
     return {
-        name: Timing(tuple(s)).summary()
-        | {"bytes": sizes[name], "rows": rows_shown[name], "path": pages[name]}
-        for name, s in samples.items()
+        name: Timing(tuple(s)).summary() | first[name] | {"path": pages[name]} for name, s in samples.items()
     }
+
+
+async def append_cost(backend: str, appends: int) -> dict[str, Any]:
+    """Median ms of ``AuditLog.append`` with the rollup's trigger and without it (dropped on a
+    second database), interleaved one append at a time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        signer = AuditSigner.load_or_create(Path(tmp))
+        urls = {}
+        pg_names = []
+        for variant in ("with trigger", "without trigger"):
+            if backend == "postgresql":
+                url, name = await pg_database()
+                pg_names.append(name)
+            else:
+                url = f"sqlite+aiosqlite:///{tmp}/{variant.replace(' ', '_')}.db"
+            urls[variant] = url
+        dbs = {v: Database(u) for v, u in urls.items()}
+        try:
+            for variant, db in dbs.items():
+                await db.migrate()
+                if variant == "without trigger":
+                    async with db.engine.begin() as conn:
+                        await conn.execute(
+                            text(
+                                "DROP TRIGGER audit_events_count"
+                                + ("" if db.is_sqlite else " ON audit_events")
+                            )
+                        )
+            logs = {v: AuditLog(db, signer) for v, db in dbs.items()}
+            body = {"decision": "face.unknown", "principal_id": "prn_x", "identity_id": "idn_x", "stages": {}}
+            samples: dict[str, list[float]] = {v: [] for v in logs}
+            for i in range(appends + 10):
+                for v in list(logs)[i % 2 :] + list(logs)[: i % 2]:
+                    begin = time.perf_counter()
+                    await logs[v].append("generation.refused", body)
+                    if i >= 10:  # the first ten warm the pools and statement caches
+                        samples[v].append((time.perf_counter() - begin) * 1000.0)
+        finally:
+            for db in dbs.values():
+                await db.dispose()
+            for name in pg_names:
+                await pg_drop(name)
+    return {v: Timing(tuple(s)).summary() for v, s in samples.items()}
 
 
 async def pg_database() -> tuple[str, Any]:
@@ -373,42 +472,95 @@ def run_backend(backend: str, events: int, repeats: int) -> dict[str, Any]:
         finally:
             if pg_name:
                 asyncio.run(pg_drop(pg_name))
-    return {"fill_s": facts["fill_s"], "events": facts["events"], "pages": pages}
+    keep = ("fill_s", "events", "erasures")
+    return {k: facts[k] for k in keep} | {"pages": pages}
+
+
+def cell(page: dict[str, Any]) -> str:
+    return f"{page['median_ms']:.1f} / {page['p95_ms']:.1f}"
+
+
+def report(
+    results: dict[str, Any], sizes: list[int], repeats: int, appends: int
+) -> tuple[str, dict[str, Any]]:
+    backends = list(results)
+    big = sizes[-1]
+    names = list(results[backends[0]][big]["pages"])
+    at = {b: results[b][big]["pages"] for b in backends}
+    worst = max(max(p["p95_ms"], p["median_ms"]) for b in backends for p in at[b].values())
+    g = goal(worst, GOAL_MS, at_most=True)
+    main = [
+        [name, at[backends[0]][name]["rows"]]
+        + [f"{at[b][name]['statements']} / {at[b][name]['checkouts']}" for b in backends]
+        + [cell(at[b][name]) for b in backends]
+        + [f"{at[b][name]['cold_ms']:.0f}" for b in backends]
+        for name in names
+    ]
+    md = (
+        f"# Console pages at {big:,} audit events\n\n"
+        "Each page over HTTP in-process, signed in as an admin: median / p95 ms of "
+        f"{repeats} interleaved runs after one first request; *SQL*: statements / pool check-outs "
+        "of the page (one check-out: one pre-ping on PostgreSQL); *first*: ms of that first request "
+        "in a fresh process (cold per-process caches and prepared statements); *rows*: table rows "
+        "the page shows.\n\n"
+        + md_table(
+            [
+                "page",
+                "rows",
+                *[f"SQL {b}" for b in backends],
+                *[f"{b} ms" for b in backends],
+                *[f"first {b}" for b in backends],
+            ],
+            main,
+        )
+        + f"\n\nGoal: every page {goal_text(g, 'ms')} (worst median or p95 over all pages and backends "
+        f"at {big:,} events).\n"
+    )
+    if len(sizes) > 1:
+        growth = [
+            [name] + [cell(results[b][n]["pages"][name]) for b in backends for n in sizes] for name in names
+        ]
+        md += (
+            "\n## Does a page's cost grow with the log?\n\nThe same pages, median / p95 ms, by events in "
+            "the log (each size its own fresh database and process):\n\n"
+            + md_table(["page", *[f"{b} {n:,}" for b in backends for n in sizes]], growth)
+            + "\n"
+        )
+    md += (
+        "\n## What the rollup costs an append\n\n"
+        f"`AuditLog.append` with the `audit_counts` trigger and without it (dropped), {appends} "
+        "appends each, interleaved, median / p95 ms:\n\n"
+        + md_table(
+            ["backend", "with trigger", "without trigger"],
+            [
+                [b, cell(results[b]["append"]["with trigger"]), cell(results[b]["append"]["without trigger"])]
+                for b in backends
+            ],
+        )
+        + "\n\nFill: "
+        + ", ".join(f"{b} {n:,} events {results[b][n]['fill_s']:.0f} s" for b in backends for n in sizes)
+        + ".\n"
+    )
+    return md, g
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--events", default="10000,100000", help="comma-separated log sizes")
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--appends", type=int, default=300)
     parser.add_argument("--backends", default="sqlite,postgresql")
     args = parser.parse_args()
+    sizes = sorted(int(n) for n in args.events.split(","))
     info = machine_info()
-    results = {b: run_backend(b, args.events, args.repeats) for b in args.backends.split(",")}
-    worst = max(p["p95_ms"] for r in results.values() for p in r["pages"].values())
-    g = goal(worst, GOAL_MS, at_most=True)
-    backends = list(results)
-    names = list(next(iter(results.values()))["pages"])
-    rows = [
-        [name, results[backends[0]]["pages"][name]["rows"]]
-        + [
-            f"{results[b]['pages'][name]['median_ms']:.1f} / {results[b]['pages'][name]['p95_ms']:.1f}"
-            for b in backends
-        ]
-        for name in names
-    ]
-    md = (
-        f"# Console pages at {args.events:,} audit events\n\n"
-        "Each page over HTTP in-process, signed in as an admin, median / p95 ms of "
-        f"{args.repeats} interleaved runs after one warm-up; *rows*: table rows the page shows.\n\n"
-        + md_table(["page", "rows", *[f"{b} ms" for b in backends]], rows)
-        + f"\n\nGoal: every page {goal_text(g, 'ms')} (worst p95 over all pages and backends). "
-        + "Fill: "
-        + ", ".join(f"{b} {results[b]['fill_s']:.0f} s" for b in backends)
-        + ".\n"
-    )
+    results: dict[str, Any] = {}
+    for b in args.backends.split(","):
+        results[b] = {n: run_backend(b, n, args.repeats) for n in sizes}
+        results[b]["append"] = asyncio.run(append_cost(b, args.appends))
+    md, g = report(results, sizes, args.repeats, args.appends)
     path_json, path_md = write_results(
         "console_pages",
-        {"events": args.events, "repeats": args.repeats, "goal": g, **results, "machine": info},
+        {"events": sizes, "repeats": args.repeats, "goal": g, **results, "machine": info},
         md,
     )
     print(md)

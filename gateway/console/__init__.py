@@ -6,13 +6,14 @@ auditors, signed in with an API key exchanged for a server-side session.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from litestar import Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.static_files import create_static_files_router
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from consentry.gateway.console.controller import ConsoleController
 from consentry.gateway.console.service import ConsoleService
@@ -40,6 +41,13 @@ def console_router(
             state[state_key] = service
         return service
 
+    async def provide_db(console: ConsoleService) -> AsyncIterator[AsyncSession]:
+        # One database session per request, for the viewer's session and every read of the
+        # page: one pool check-out (one pre-ping), not one per query. Closed (rolled back)
+        # once the response is built, before it is sent.
+        async with console.gate.db.session() as session:
+            yield session
+
     def provide_base() -> str:
         return base
 
@@ -52,6 +60,7 @@ def console_router(
         ],
         dependencies={
             "console": Provide(provide_console, sync_to_thread=False),
+            "db": Provide(provide_db),
             "console_base": Provide(provide_base, sync_to_thread=False),
         },
         exception_handlers={ConsentryError: handle, Exception: handle},

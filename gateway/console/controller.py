@@ -15,6 +15,7 @@ from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.params import Parameter
 from litestar.response import Redirect, Stream
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from consentry.gateway.console.charts import bucket_labels, colour, rate_line, series, stacked_bars
 from consentry.gateway.console.service import ConsoleService
@@ -74,11 +75,13 @@ def _params(request: AnyRequest, names: tuple[str, ...], longest: int = 100) -> 
     return out
 
 
-async def _filter(request: AnyRequest, console: ConsoleService) -> tuple[EventFilter, dict[str, str]]:
+async def _filter(
+    request: AnyRequest, console: ConsoleService, db: AsyncSession
+) -> tuple[EventFilter, dict[str, str]]:
     raw = _params(request, FILTER_FIELDS)
     if raw["decision"] and raw["decision"] not in DECISION_KINDS:
         raise BadInputError("decision must be released or refused", code=codes.CONSOLE_FILTER_INVALID)
-    principal = await console.resolve_principal(raw["principal"]) if raw["principal"] else None
+    principal = await console.resolve_principal(db, raw["principal"]) if raw["principal"] else None
     flt = EventFilter(
         identity_id=raw["identity"] or None,
         principal_id=principal,
@@ -91,16 +94,16 @@ async def _filter(request: AnyRequest, console: ConsoleService) -> tuple[EventFi
     return flt, raw
 
 
-async def _signed_in(request: AnyRequest, console: ConsoleService) -> SignedIn:
-    viewer = await console.sessions.resolve(request.cookies.get(COOKIE))
+async def _signed_in(request: AnyRequest, console: ConsoleService, db: AsyncSession) -> SignedIn:
+    viewer = await console.sessions.resolve(db, request.cookies.get(COOKIE))
     if viewer is None:
         raise session_required()
     return viewer
 
 
-async def _posted(request: AnyRequest, console: ConsoleService) -> tuple[SignedIn, Any]:
+async def _posted(request: AnyRequest, console: ConsoleService, db: AsyncSession) -> tuple[SignedIn, Any]:
     """The session and the form of a POST, after its CSRF token checked out."""
-    viewer = await console.sessions.resolve(request.cookies.get(COOKIE))
+    viewer = await console.sessions.resolve(db, request.cookies.get(COOKIE))
     if viewer is None:
         raise session_required()
     form = await request.form()
@@ -132,14 +135,16 @@ class ConsoleController(Controller):
 
     @get("/login")
     async def login_form(
-        self, request: AnyRequest, console: ConsoleService, console_base: str
+        self, request: AnyRequest, console: ConsoleService, db: AsyncSession, console_base: str
     ) -> Response[Any]:
-        if await console.sessions.resolve(request.cookies.get(COOKIE)) is not None:
+        if await console.sessions.resolve(db, request.cookies.get(COOKIE)) is not None:
             return Redirect(console_base + "/", status_code=303)
         return _login_page(request, console, console_base, 200, "")
 
     @post("/login")
-    async def login(self, request: AnyRequest, console: ConsoleService, console_base: str) -> Response[Any]:
+    async def login(
+        self, request: AnyRequest, console: ConsoleService, db: AsyncSession, console_base: str
+    ) -> Response[Any]:
         form = await request.form()
         expected = request.cookies.get(LOGIN_COOKIE, "")
         given = form.get("csrf") or ""
@@ -150,7 +155,7 @@ class ConsoleController(Controller):
         secret = form.get("api_key") or ""
         try:
             token, _ = await console.sessions.sign_in(
-                secret.strip() if isinstance(secret, str) else "", request.cookies.get(COOKIE)
+                db, secret.strip() if isinstance(secret, str) else "", request.cookies.get(COOKIE)
             )
         except (AuthError, ForbiddenError) as exc:
             why = "this key may not use the console" if isinstance(exc, ForbiddenError) else exc.detail
@@ -163,9 +168,11 @@ class ConsoleController(Controller):
         return response
 
     @post("/logout")
-    async def logout(self, request: AnyRequest, console: ConsoleService, console_base: str) -> Response[Any]:
-        await _posted(request, console)
-        await console.sessions.end(request.cookies.get(COOKIE, ""))
+    async def logout(
+        self, request: AnyRequest, console: ConsoleService, db: AsyncSession, console_base: str
+    ) -> Response[Any]:
+        await _posted(request, console, db)
+        await console.sessions.end(db, request.cookies.get(COOKIE, ""))
         response: Response[Any] = Redirect(console_base + "/login", status_code=303)
         response.delete_cookie(COOKIE, path=console_base)
         return response
@@ -174,9 +181,9 @@ class ConsoleController(Controller):
 
     @get("/")
     async def overview(
-        self, request: AnyRequest, console: ConsoleService, console_base: str
+        self, request: AnyRequest, console: ConsoleService, db: AsyncSession, console_base: str
     ) -> Response[str]:
-        viewer = await _signed_in(request, console)
+        viewer = await _signed_in(request, console, db)
         page = _page(console_base, viewer)
         if not page.can["read_audit"]:
             # Operators read no audit log (as on the API): their console starts at identities.
@@ -185,7 +192,7 @@ class ConsoleController(Controller):
         days = 14 if given is None else given
         if not 1 <= days <= 366:
             raise BadInputError("days must be 1-366", code=codes.CONSOLE_FILTER_INVALID)
-        ov = await console.overview(viewer.principal, days)
+        ov = await console.overview(db, viewer.principal, days)
         chars = 10 if days > 2 else 13
         labels = bucket_labels(ov.since, ov.until, chars)
         names, counts = series(ov.buckets, labels)
@@ -198,27 +205,27 @@ class ConsoleController(Controller):
 
     @post("/chain/verify")
     async def verify_chain(
-        self, request: AnyRequest, console: ConsoleService, console_base: str
+        self, request: AnyRequest, console: ConsoleService, db: AsyncSession, console_base: str
     ) -> Response[Any]:
-        viewer, _ = await _posted(request, console)
+        viewer, _ = await _posted(request, console, db)
         await console.verify_chain(viewer.principal)
         return Redirect(console_base + "/#chain", status_code=303)
 
     @get("/decisions")
     async def decisions(
-        self, request: AnyRequest, console: ConsoleService, console_base: str
+        self, request: AnyRequest, console: ConsoleService, db: AsyncSession, console_base: str
     ) -> Response[str]:
-        viewer = await _signed_in(request, console)
-        flt, raw = await _filter(request, console)
+        viewer = await _signed_in(request, console, db)
+        flt, raw = await _filter(request, console, db)
         before = _int(request.query_params.get("before"), "before")
         after = _int(request.query_params.get("after"), "after")
-        result, names, labels = await console.decisions(viewer.principal, flt, before, after)
+        result = await console.decisions(db, viewer.principal, flt, before, after)
         return html_response(
             "decisions.html",
             page=_page(console_base, viewer),
             events=result,
-            names=names,
-            labels=labels,
+            names=result.names,
+            labels=result.labels,
             f=raw,
             newer=query(raw, after=result.newer) if result.newer else None,
             older=query(raw, before=result.older) if result.older else None,
@@ -228,19 +235,21 @@ class ConsoleController(Controller):
 
     @get("/decisions/{seq:int}")
     async def decision(
-        self, request: AnyRequest, console: ConsoleService, console_base: str, seq: int
+        self, request: AnyRequest, console: ConsoleService, db: AsyncSession, console_base: str, seq: int
     ) -> Response[str]:
-        viewer = await _signed_in(request, console)
-        detail = await console.decision(viewer.principal, seq)
+        viewer = await _signed_in(request, console, db)
+        detail = await console.decision(db, viewer.principal, seq)
         return html_response("decision.html", page=_page(console_base, viewer), d=detail)
 
     @get("/export")
-    async def export(self, request: AnyRequest, console: ConsoleService, console_base: str) -> Response[Any]:
-        viewer = await _signed_in(request, console)
+    async def export(
+        self, request: AnyRequest, console: ConsoleService, db: AsyncSession, console_base: str
+    ) -> Response[Any]:
+        viewer = await _signed_in(request, console, db)
         fmt = request.query_params.get("format", "csv")
         if fmt not in ("csv", "jsonl"):
             raise BadInputError("format must be csv or jsonl", code=codes.CONSOLE_FILTER_INVALID)
-        flt, _ = await _filter(request, console)
+        flt, _ = await _filter(request, console, db)
         lines = console.export(viewer.principal, flt, fmt)
         try:
             first = await anext(lines)  # role and filter errors surface here, as a page, not mid-stream
@@ -261,12 +270,14 @@ class ConsoleController(Controller):
         return Stream(body(), media_type=media, headers=headers)
 
     @get("/report")
-    async def report(self, request: AnyRequest, console: ConsoleService, console_base: str) -> Response[str]:
-        viewer = await _signed_in(request, console)
+    async def report(
+        self, request: AnyRequest, console: ConsoleService, db: AsyncSession, console_base: str
+    ) -> Response[str]:
+        viewer = await _signed_in(request, console, db)
         raw = _params(request, ("since", "until", "recompute"))
         until = _time(raw["until"], "until") or datetime.now(UTC)
         since = _time(raw["since"], "since") or until - timedelta(days=30)
-        rep = await console.report(viewer.principal, since, until, raw["recompute"] == "1")
+        rep = await console.report(db, viewer.principal, since, until, raw["recompute"] == "1")
         days = (until - since).total_seconds() / 86400
         chars = 10 if days > 2 else 13
         labels = bucket_labels(since, until, chars)
@@ -286,13 +297,13 @@ class ConsoleController(Controller):
 
     @get("/identities")
     async def identities(
-        self, request: AnyRequest, console: ConsoleService, console_base: str
+        self, request: AnyRequest, console: ConsoleService, db: AsyncSession, console_base: str
     ) -> Response[str]:
-        viewer = await _signed_in(request, console)
+        viewer = await _signed_in(request, console, db)
         raw = _params(request, ("status", "before"))
         if raw["status"] not in ("", "active", "erased"):
             raise BadInputError("status must be active or erased", code=codes.CONSOLE_FILTER_INVALID)
-        result = await console.identities(viewer.principal, raw["before"] or None, raw["status"] or None)
+        result = await console.identities(db, viewer.principal, raw["before"] or None, raw["status"] or None)
         older = query({"status": raw["status"]}, before=result.older) if result.older else None
         return html_response(
             "identities.html", page=_page(console_base, viewer), result=result, f=raw, older=older
@@ -300,10 +311,15 @@ class ConsoleController(Controller):
 
     @get("/identities/{identity_id:str}")
     async def identity(
-        self, request: AnyRequest, console: ConsoleService, console_base: str, identity_id: str = PathId
+        self,
+        request: AnyRequest,
+        console: ConsoleService,
+        db: AsyncSession,
+        console_base: str,
+        identity_id: str = PathId,
     ) -> Response[str]:
-        viewer = await _signed_in(request, console)
-        detail = await console.identity(viewer.principal, identity_id)
+        viewer = await _signed_in(request, console, db)
+        detail = await console.identity(db, viewer.principal, identity_id)
         notice = _params(request, ("revoked", "adapters_deleted", "erased"), longest=300)
         return html_response(
             "identity.html",
@@ -315,21 +331,31 @@ class ConsoleController(Controller):
 
     @post("/grants/{grant_id:str}/revoke")
     async def revoke(
-        self, request: AnyRequest, console: ConsoleService, console_base: str, grant_id: str = PathId
+        self,
+        request: AnyRequest,
+        console: ConsoleService,
+        db: AsyncSession,
+        console_base: str,
+        grant_id: str = PathId,
     ) -> Response[Any]:
-        viewer, form = await _posted(request, console)
+        viewer, form = await _posted(request, console, db)
         typed = form.get("confirm") or ""
         identity_id, adapters = await console.revoke(
-            viewer.principal, grant_id, typed if isinstance(typed, str) else ""
+            db, viewer.principal, grant_id, typed if isinstance(typed, str) else ""
         )
         done = query({}, revoked=grant_id, adapters_deleted=str(adapters))
         return Redirect(f"{console_base}/identities/{identity_id}{done}", status_code=303)
 
     @post("/identities/{identity_id:str}/erase")
     async def erase(
-        self, request: AnyRequest, console: ConsoleService, console_base: str, identity_id: str = PathId
+        self,
+        request: AnyRequest,
+        console: ConsoleService,
+        db: AsyncSession,
+        console_base: str,
+        identity_id: str = PathId,
     ) -> Response[Any]:
-        viewer, form = await _posted(request, console)
+        viewer, form = await _posted(request, console, db)
         typed = form.get("confirm") or ""
         counts = await console.erase(viewer.principal, identity_id, typed if isinstance(typed, str) else "")
         summary = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items())
@@ -341,14 +367,16 @@ class ConsoleController(Controller):
 
     @get("/verify")
     async def verify_form(
-        self, request: AnyRequest, console: ConsoleService, console_base: str
+        self, request: AnyRequest, console: ConsoleService, db: AsyncSession, console_base: str
     ) -> Response[str]:
-        viewer = await _signed_in(request, console)
+        viewer = await _signed_in(request, console, db)
         return html_response("verify.html", page=_page(console_base, viewer), report=None, filename="")
 
     @post("/verify")
-    async def verify(self, request: AnyRequest, console: ConsoleService, console_base: str) -> Response[str]:
-        viewer, form = await _posted(request, console)
+    async def verify(
+        self, request: AnyRequest, console: ConsoleService, db: AsyncSession, console_base: str
+    ) -> Response[str]:
+        viewer, form = await _posted(request, console, db)
         upload = form.get("image")
         data, name = b"", ""
         if isinstance(upload, UploadFile):
@@ -358,9 +386,9 @@ class ConsoleController(Controller):
 
     @get("/calibration")
     async def calibration(
-        self, request: AnyRequest, console: ConsoleService, console_base: str
+        self, request: AnyRequest, console: ConsoleService, db: AsyncSession, console_base: str
     ) -> Response[str]:
-        viewer = await _signed_in(request, console)
+        viewer = await _signed_in(request, console, db)
         path = console.calibration(viewer.principal)
         made = datetime.fromtimestamp(path.stat().st_mtime, UTC) if path else None
         return html_response(
@@ -372,8 +400,10 @@ class ConsoleController(Controller):
         )
 
     @get("/calibration/report", media_type=MediaType.HTML)
-    async def calibration_report(self, request: AnyRequest, console: ConsoleService) -> Response[bytes]:
-        viewer = await _signed_in(request, console)
+    async def calibration_report(
+        self, request: AnyRequest, console: ConsoleService, db: AsyncSession
+    ) -> Response[bytes]:
+        viewer = await _signed_in(request, console, db)
         path = console.calibration(viewer.principal)
         if path is None:
             raise NotFoundError("no calibration report yet: run consentry calibrate", code=codes.NOT_FOUND)

@@ -1,19 +1,26 @@
 """What the console does, over the Gate: every read checks the viewer's role against the one role
 table (:mod:`consentry.policies.roles`), every change is the Gate's own operation with the
 signed-in principal as actor (so revocations and erasures cascade and are audited as anywhere).
+
+Every method that reads takes the request's database session (``s``, one per request, opened by
+the router): a page costs one connection check-out and a handful of statements, whatever it shows.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from consentry.gateway.console.aggregates import DayRollup, RecentTimings, Row
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from consentry.gateway.console.aggregates import RecentTimings
 from consentry.gateway.flow import STAGES
 from consentry.gateway.gate import Gate
 from consentry.gateway.storage.adapters import AdapterView
+from consentry.gateway.storage.audit_counts import Row, counts
 from consentry.gateway.storage.audit_queries import (
     GENERATION_KINDS,
     AuditQueries,
@@ -90,21 +97,48 @@ class IdentityDetail:
 
 
 @dataclass(frozen=True, slots=True)
+class CascadeRow:
+    """One revocation or erasure as the report lists it."""
+
+    seq: int
+    time: str
+    kind: str
+    subject: str
+    by: str
+    effects: list[tuple[str, Any]]
+    """``(what, how many)``: from the event's body, else from what the erasure left in the database."""
+
+
+EFFECTS = ("grants_revoked", "templates_destroyed", "photos_deleted", "adapters_deleted", "records_flagged")
+
+
+def cascade_row(event: ChainedEvent, names: dict[str, str], more: dict[str, int]) -> CascadeRow:
+    b = event.body
+    actor = b.get("actor")
+    subject = b.get("grant_id") or b.get("identity_id") or b.get("key_id")
+    effects = [(k.replace("_", " "), b[k] if k in b else more[k]) for k in EFFECTS if k in b or k in more]
+    return CascadeRow(
+        event.seq,
+        event.ts[:19].replace("T", " "),
+        event.kind,
+        "" if subject is None else str(subject),
+        names.get(actor, actor) if isinstance(actor, str) else "" if actor is None else str(actor),
+        effects,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ComplianceReport:
     since: datetime
     until: datetime
     counts: list[tuple[str, str, int]]
     buckets: list[tuple[str, str, str, int]]
-    cascades: list[ChainedEvent]
+    cascades: list[CascadeRow]
     head: HeadStatus | None
     span: tuple[int, int] | None
     checkpoints: CheckpointStatus | None
     recomputed: ChainReport | None
     generated_at: datetime
-    names: dict[str, str] = field(default_factory=dict)
-    erasures: dict[int, dict[str, int]] = field(default_factory=dict)
-    """Per ``identity.erased`` event (by seq): what the erasure took with it beyond its event's
-    own counts (grants revoked, records flagged, templates destroyed)."""
 
 
 class ConsoleService:
@@ -113,74 +147,68 @@ class ConsoleService:
         self.gate = gate
         self.clock = clock
         self.audit = AuditQueries(gate.db)
-        self.people = IdentityQueries(gate.db)
+        self.people = IdentityQueries()
         self.sessions = ConsoleSessions(
-            gate.db, gate.audit, idle_s=s.console_idle_timeout_s, max_s=s.console_max_session_s, clock=clock
+            gate.audit, idle_s=s.console_idle_timeout_s, max_s=s.console_max_session_s, clock=clock
         )
         self.page_size = s.console_page_size
         self.last_verification: tuple[datetime, ChainReport] | None = None
-        self.rollup = DayRollup(self.audit)
         self.timings = RecentTimings(self.audit, TIMING_SAMPLE)
+        self._stage_timings: tuple[int, list[StageTiming]] = (-1, [])
+        """Percentiles of :attr:`timings` and the last seq they were taken at."""
         self.verified_points: set[tuple[int, str]] = set()
 
-    async def _series(self, since: datetime, until: datetime) -> tuple[list[Row], list[Row]]:
+    async def _series(self, s: AsyncSession, since: datetime, until: datetime) -> tuple[list[Row], list[Row]]:
         """All events by (bucket, kind, code), and the generation decisions among them: by day
-        (closed days from the rollup) for ranges over two days, else by hour."""
-        if (until - since) > timedelta(days=2):
-            rows = await self.rollup.rows(since, until)
-        else:
-            rows = await self.audit.grouped(since, until, 13)
+        for ranges over two days, else by hour (from the rollup, see ``audit_counts``)."""
+        rows = await counts(s, since, until, 10 if (until - since) > timedelta(days=2) else 13)
         return rows, [r for r in rows if r[1] in GENERATION_KINDS]
+
+    async def _stage_percentiles(self, s: AsyncSession) -> list[StageTiming]:
+        recent = await self.timings.bodies(s)
+        if self._stage_timings[0] == self.timings.last_seq:
+            return self._stage_timings[1]
+        timings = []
+        for stage in STAGES:
+            values = sorted(
+                float(v["elapsed_ms"])
+                for stages in recent
+                if isinstance(v := stages.get(stage), dict) and isinstance(v.get("elapsed_ms"), int | float)
+            )
+            timings.append(StageTiming(stage, len(values), percentile(values, 50), percentile(values, 95)))
+        self._stage_timings = (self.timings.last_seq, timings)
+        return timings
 
     # -- the audit log ---------------------------------------------------------------------------
 
-    async def resolve_principal(self, given: str) -> str:
+    async def resolve_principal(self, s: AsyncSession, given: str) -> str:
         """A principal filter given as an id (``prn_…``) or as a name."""
         if given.startswith("prn_") or given == "local-cli":
             return given
-        return await self.people.principal_by_name(given) or given
+        return await self.people.principal_by_name(s, given) or given
 
     async def decisions(
-        self, viewer: PrincipalView, flt: EventFilter, before: int | None, after: int | None
-    ) -> tuple[EventPage, dict[str, str], dict[str, str]]:
+        self, s: AsyncSession, viewer: PrincipalView, flt: EventFilter, before: int | None, after: int | None
+    ) -> EventPage:
+        """A page of the filtered log, with the names and labels it shows."""
         require(viewer.role, Action.read_audit)
-        page = await self.audit.page(flt, limit=self.page_size, before=before, after=after)
-        names = await self.people.principal_names(
-            [
-                p
-                for e in page.events
-                for p in (e.body.get("principal_id"), e.body.get("actor"))
-                if isinstance(p, str)
-            ]
-        )
-        labels = await self.people.labels(
-            [i for e in page.events if isinstance(i := e.body.get("identity_id"), str)]
-        )
-        return page, names, labels
+        return await self.audit.page(s, flt, limit=self.page_size, before=before, after=after)
 
-    async def decision(self, viewer: PrincipalView, seq: int) -> DecisionDetail:
+    async def decision(self, s: AsyncSession, viewer: PrincipalView, seq: int) -> DecisionDetail:
         require(viewer.role, Action.read_audit)
-        event = await self.audit.event(seq)
+        event = await self.audit.event(s, seq)
         if event is None:
             raise NotFoundError(f"no audit event {seq}", code=codes.CONSOLE_EVENT_NOT_FOUND)
-        record = None
+        record = grant_identity = None
         request_id = event.body.get("request_id")
         if event.kind == GENERATION_KINDS[0] and isinstance(request_id, str):
-            record = await self.gate.records.get(request_id)
-        grant_identity = None
-        if record is not None and record.grant_id:
-            grant_identity = await self.people.grant_identity(record.grant_id)
-        elif isinstance(event.body.get("grant_id"), str):
-            grant_identity = await self.people.grant_identity(event.body["grant_id"])
+            record, grant_identity = await self.people.record(s, request_id)
+        if (record is None or not record.grant_id) and isinstance(event.body.get("grant_id"), str):
+            grant_identity = await self.people.grant_identity(s, event.body["grant_id"])
         ids = [i for i in (event.body.get("identity_id"), grant_identity) if isinstance(i, str)]
         who = [p for p in (event.body.get("principal_id"), event.body.get("actor")) if isinstance(p, str)]
-        return DecisionDetail(
-            event,
-            record,
-            grant_identity,
-            await self.people.labels(ids),
-            await self.people.principal_names(who),
-        )
+        names, labels = await self.people.names_and_labels(s, who, ids)
+        return DecisionDetail(event, record, grant_identity, labels, names)
 
     async def export(self, viewer: PrincipalView, flt: EventFilter, fmt: str) -> AsyncIterator[str]:
         """The filtered events as CSV or JSON Lines, in ``consentry audit export``'s format."""
@@ -192,22 +220,14 @@ class ConsoleService:
         async for line in export_lines(self.audit.matching(flt), again, fmt):
             yield line
 
-    async def overview(self, viewer: PrincipalView, days: int) -> Overview:
+    async def overview(self, s: AsyncSession, viewer: PrincipalView, days: int) -> Overview:
         require(viewer.role, Action.read_audit)
         # The audit log's own time, not the sessions' clock (which tests move by hand).
         until = datetime.now(UTC)
         since = until - timedelta(days=days)
-        _, buckets = await self._series(since, until)
-        recent = await self.timings.bodies()
-        timings = []
-        for stage in STAGES:
-            values = sorted(
-                float(v["elapsed_ms"])
-                for stages in recent
-                if isinstance(v := stages.get(stage), dict) and isinstance(v.get("elapsed_ms"), int | float)
-            )
-            timings.append(StageTiming(stage, len(values), percentile(values, 50), percentile(values, 95)))
-        head = await self.audit.head(self.gate.audit.signer.public_key)
+        _, buckets = await self._series(s, since, until)
+        timings = await self._stage_percentiles(s)
+        head = await self.audit.head(s, self.gate.audit.signer.public_key)
         return Overview(since, until, buckets, timings, head, self.last_verification)
 
     async def verify_chain(self, viewer: PrincipalView) -> ChainReport:
@@ -218,66 +238,76 @@ class ConsoleService:
         return report
 
     async def report(
-        self, viewer: PrincipalView, since: datetime, until: datetime, recompute: bool
+        self, s: AsyncSession, viewer: PrincipalView, since: datetime, until: datetime, recompute: bool
     ) -> ComplianceReport:
         require(viewer.role, Action.read_audit)
         if until <= since:
             raise BadInputError("the report's end must be after its start", code=codes.CONSOLE_FILTER_INVALID)
         key = self.gate.audit.signer.public_key
-        everything, buckets = await self._series(since, until)
+        everything, buckets = await self._series(s, since, until)
         totals: dict[tuple[str, str], int] = {}
         for _, kind, code, n in everything:
             totals[(kind, code)] = totals.get((kind, code), 0) + n
-        span = await self.audit.seq_span(since, until)
-        cascades = await self.audit.of_kinds(CASCADE_KINDS, since, until, CASCADES_SHOWN)
+        span = await self.audit.seq_span(s, since, until)
+        rows: list[CascadeRow] = []
+        checkpoints = None
+        if span is not None:
+            events, names = await self.audit.of_kinds(s, CASCADE_KINDS, span, since, until, CASCADES_SHOWN)
+            # What each erasure took with it beyond its event's own counts (all in one statement).
+            erased = [
+                i for e in events if e.kind == ERASED_KIND and isinstance(i := e.body.get("identity_id"), str)
+            ]
+            more = await self.people.erasure_cascades(s, erased)
+            rows = [
+                cascade_row(e, names, more.get(e.body["identity_id"], {}) if e.kind == ERASED_KIND else {})
+                for e in events
+            ]
+            checkpoints = await self.audit.checkpoints(s, span[0], span[1], key, self.verified_points)
+        head = await self.audit.head(s, key)
         recomputed = await self.verify_chain(viewer) if recompute else None
         return ComplianceReport(
             since=since,
             until=until,
             counts=sorted((kind, code, n) for (kind, code), n in totals.items()),
             buckets=buckets,
-            cascades=cascades,
-            head=await self.audit.head(key),
+            cascades=rows,
+            head=head,
             span=span,
-            checkpoints=await self.audit.checkpoints(span[0], span[1], key, self.verified_points)
-            if span
-            else None,
+            checkpoints=checkpoints,
             recomputed=recomputed,
             generated_at=self.clock(),
-            names=await self.people.principal_names(
-                [a for e in cascades if isinstance(a := e.body.get("actor"), str)]
-            ),
-            erasures={
-                e.seq: await self.people.erasure_cascade(e.body["identity_id"])
-                for e in cascades
-                if e.kind == ERASED_KIND and isinstance(e.body.get("identity_id"), str)
-            },
         )
 
     # -- identities ------------------------------------------------------------------------------
 
-    async def identities(self, viewer: PrincipalView, before: str | None, status: str | None) -> IdentityPage:
+    async def identities(
+        self, s: AsyncSession, viewer: PrincipalView, before: str | None, status: str | None
+    ) -> IdentityPage:
         require(viewer.role, Action.read_identities)
         try:
-            return await self.people.page(limit=self.page_size, before=before, status=status)
+            return await self.people.page(s, limit=self.page_size, before=before, status=status)
         except ValueError as exc:
             raise BadInputError(f"bad page key {before!r}", code=codes.CONSOLE_FILTER_INVALID) from exc
 
-    async def identity(self, viewer: PrincipalView, identity_id: str) -> IdentityDetail:
+    async def identity(self, s: AsyncSession, viewer: PrincipalView, identity_id: str) -> IdentityDetail:
         require(viewer.role, Action.read_identities)
-        row = await self.people.identity(identity_id)
+        require(viewer.role, Action.read_adapters)
+        row = await self.people.identity(s, identity_id)
         if row is None:
             raise NotFoundError(f"no identity {identity_id}", code=codes.IDENTITY_NOT_FOUND)
-        grants = await self.people.grants(identity_id)
-        adapters = await self.gate.list_adapters(viewer, identity_id)
+        grants = await self.people.grants(s, identity_id)
+        # What Gate.list_adapters lists to a console role (every adapter), on this session.
+        adapters = await self.people.adapters(s, identity_id)
         return IdentityDetail(row, grants, adapters)
 
-    async def revoke(self, viewer: PrincipalView, grant_id: str, typed: str) -> tuple[str, int]:
+    async def revoke(
+        self, s: AsyncSession, viewer: PrincipalView, grant_id: str, typed: str
+    ) -> tuple[str, int]:
         """Revoke a grant after its id was typed again; returns its identity and how many
         adapters went with it."""
         require(viewer.role, Action.revoke)
         _confirm(typed, grant_id)
-        identity_id = await self.people.grant_identity(grant_id)
+        identity_id = await self.people.grant_identity(s, grant_id)
         if identity_id is None:
             raise NotFoundError(f"no grant {grant_id}", code=codes.GRANT_NOT_FOUND)
         # The gate's revoke deletes the adapters trained under the grant (and audits how many).

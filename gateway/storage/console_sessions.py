@@ -19,7 +19,6 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from consentry.gateway.storage.audit_log import AuditLog
-from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.principals import PrincipalView, hash_key
 from consentry.gateway.storage.tables import ApiKey, ConsoleSession, Principal
 from consentry.policies import codes
@@ -60,35 +59,34 @@ class SignedIn:
 
 
 class ConsoleSessions:
-    def __init__(
-        self, db: Database, audit: AuditLog, *, idle_s: float, max_s: float, clock: Clock = system_clock
-    ) -> None:
-        self.db = db
+    def __init__(self, audit: AuditLog, *, idle_s: float, max_s: float, clock: Clock = system_clock) -> None:
         self.audit = audit
         self.idle = timedelta(seconds=idle_s)
         self.max_age = timedelta(seconds=max_s)
         self.clock = clock
 
-    async def sign_in(self, secret: str, previous: str | None = None) -> tuple[str, SignedIn]:
+    async def sign_in(
+        self, s: AsyncSession, secret: str, previous: str | None = None
+    ) -> tuple[str, SignedIn]:
         """Exchange an API key for a new session; returns the new token. A session the browser
-        already had is ended: the token is always new (no session fixation)."""
+        already had is ended: the token is always new (no session fixation). ``s`` is the
+        request's session (the new session row is written with its audit event, on the log's)."""
         if not secret:
             raise AuthError("an API key is required", code=codes.AUTH_MISSING_KEY)
-        async with self.db.session() as session:
-            row = (
-                await session.execute(
-                    select(Principal, ApiKey.id)
-                    .join(ApiKey, ApiKey.principal_id == Principal.id)
-                    .where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
-                )
-            ).first()
+        row = (
+            await s.execute(
+                select(Principal, ApiKey.id)
+                .join(ApiKey, ApiKey.principal_id == Principal.id)
+                .where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
+            )
+        ).first()
         if row is None:
             raise AuthError("unknown or revoked API key", code=codes.AUTH_INVALID_KEY)
         principal, key_id = row
         require(principal.role, Action.console_sign_in)
         view = PrincipalView(principal.id, principal.name, principal.role)
         if previous:
-            await self.end(previous)
+            await self.end(s, previous)
         token = secrets.token_urlsafe(32)
         now = self.clock()
 
@@ -116,41 +114,45 @@ class ConsoleSessions:
         await self.audit.append("console.signed_in", {"actor": view.id, "key_id": key_id}, also=write)
         return token, SignedIn(view, key_id, csrf_for(token))
 
-    async def resolve(self, token: str | None) -> SignedIn | None:
+    async def resolve(self, s: AsyncSession, token: str | None) -> SignedIn | None:
         """The live session of ``token``, or None (unknown, idle too long, too old, its key
-        revoked: any of these also deletes the row)."""
+        revoked: any of these also deletes the row). One statement, on the request's session
+        ``s``, plus a committed write when the row is deleted or its last-seen time is due."""
         if not token:
             return None
         digest = token_hash(token)
         now = self.clock()
-        async with self.db.session() as session:
-            row = (
-                await session.execute(
-                    select(ConsoleSession, Principal, ApiKey.revoked_at)
-                    .join(Principal, Principal.id == ConsoleSession.principal_id)
-                    .join(ApiKey, ApiKey.id == ConsoleSession.key_id)
-                    .where(ConsoleSession.token_hash == digest)
+        row = (
+            await s.execute(
+                select(
+                    ConsoleSession.key_id,
+                    ConsoleSession.created_at,
+                    ConsoleSession.last_seen_at,
+                    Principal.id,
+                    Principal.name,
+                    Principal.role,
+                    ApiKey.revoked_at,
                 )
-            ).first()
-            if row is None:
-                return None
-            stored, principal, revoked_at = row
-            seen, created = _aware(stored.last_seen_at), _aware(stored.created_at)
-            if revoked_at is not None or now - seen > self.idle or now - created > self.max_age:
-                await session.execute(delete(ConsoleSession).where(ConsoleSession.token_hash == digest))
-                await session.commit()
-                return None
-            if now - seen > TOUCH_EVERY:
-                await session.execute(
-                    update(ConsoleSession).where(ConsoleSession.token_hash == digest).values(last_seen_at=now)
-                )
-                await session.commit()
-        return SignedIn(
-            PrincipalView(principal.id, principal.name, principal.role), stored.key_id, csrf_for(token)
-        )
-
-    async def end(self, token: str) -> None:
-        async with self.db.session() as session, session.begin():
-            await session.execute(
-                delete(ConsoleSession).where(ConsoleSession.token_hash == token_hash(token))
+                .join(Principal, Principal.id == ConsoleSession.principal_id)
+                .join(ApiKey, ApiKey.id == ConsoleSession.key_id)
+                .where(ConsoleSession.token_hash == digest)
             )
+        ).first()
+        if row is None:
+            return None
+        key_id, created_at, last_seen_at, principal_id, name, role, revoked_at = row
+        seen, created = _aware(last_seen_at), _aware(created_at)
+        if revoked_at is not None or now - seen > self.idle or now - created > self.max_age:
+            await s.execute(delete(ConsoleSession).where(ConsoleSession.token_hash == digest))
+            await s.commit()
+            return None
+        if now - seen > TOUCH_EVERY:
+            await s.execute(
+                update(ConsoleSession).where(ConsoleSession.token_hash == digest).values(last_seen_at=now)
+            )
+            await s.commit()
+        return SignedIn(PrincipalView(principal_id, name, role), key_id, csrf_for(token))
+
+    async def end(self, s: AsyncSession, token: str) -> None:
+        await s.execute(delete(ConsoleSession).where(ConsoleSession.token_hash == token_hash(token)))
+        await s.commit()

@@ -2,7 +2,8 @@
 
 An identity is shown by its label, status and dates, and by counts (live grants, adapters, photos
 kept for training); a grant by its terms, uses and the hash of its evidence. Pages are keysets on
-``(created_at, id)``.
+``(created_at, id)``. Every method takes the caller's session: a console request runs all its
+reads on one.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, literal, or_, select, union_all
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from consentry.gateway.storage.db import Database
+from consentry.gateway.storage.adapter_parts import AdapterView, to_view
+from consentry.gateway.storage.records import RecordView
 from consentry.gateway.storage.tables import (
     Adapter,
     AuditEvent,
@@ -106,10 +109,9 @@ def _with_counts() -> Any:
 
 
 class IdentityQueries:
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    async def page(self, *, limit: int, before: str | None = None, status: str | None = None) -> IdentityPage:
+    async def page(
+        self, s: AsyncSession, *, limit: int, before: str | None = None, status: str | None = None
+    ) -> IdentityPage:
         """Newest enrolled first; ``before`` is a page key from :attr:`IdentityPage.older`."""
         query = _with_counts().order_by(Identity.created_at.desc(), Identity.id.desc()).limit(limit + 1)
         if status:
@@ -120,27 +122,24 @@ class IdentityQueries:
             query = query.where(
                 or_(Identity.created_at < at, and_(Identity.created_at == at, Identity.id < last_id))
             )
-        async with self.db.session() as session:
-            rows = [_row(r) for r in (await session.execute(query)).all()]
+        rows = [_row(r) for r in (await s.execute(query)).all()]
         more = len(rows) > limit
         rows = rows[:limit]
         older = f"{rows[-1].created_at.isoformat()}|{rows[-1].id}" if more else None
         return IdentityPage(rows, older)
 
-    async def identity(self, identity_id: str) -> IdentityRow | None:
-        async with self.db.session() as session:
-            found = (await session.execute(_with_counts().where(Identity.id == identity_id))).first()
+    async def identity(self, s: AsyncSession, identity_id: str) -> IdentityRow | None:
+        found = (await s.execute(_with_counts().where(Identity.id == identity_id))).first()
         return _row(found) if found is not None else None
 
-    async def grants(self, identity_id: str) -> list[GrantRow]:
+    async def grants(self, s: AsyncSession, identity_id: str) -> list[GrantRow]:
         query = (
             select(Grant, Principal.name)
             .join(Principal, Principal.id == Grant.principal_id)
             .where(Grant.identity_id == identity_id)
             .order_by(Grant.created_at.desc(), Grant.id)
         )
-        async with self.db.session() as session:
-            rows = (await session.execute(query)).all()
+        rows = (await s.execute(query)).all()
         return [
             GrantRow(
                 id=g.id,
@@ -160,55 +159,100 @@ class IdentityQueries:
             for g, name in rows
         ]
 
-    async def grant_identity(self, grant_id: str) -> str | None:
-        async with self.db.session() as session:
-            return await session.scalar(select(Grant.identity_id).where(Grant.id == grant_id))
+    async def adapters(self, s: AsyncSession, identity_id: str) -> list[AdapterView]:
+        """The identity's adapters (as ``Gate.list_adapters`` lists them), oldest first."""
+        query = (
+            select(Adapter).where(Adapter.identity_id == identity_id).order_by(Adapter.created_at, Adapter.id)
+        )
+        return [to_view(r) for r in (await s.scalars(query)).all()]
 
-    async def labels(self, identity_ids: Sequence[str]) -> dict[str, str]:
+    async def record(self, s: AsyncSession, record_id: str) -> tuple[RecordView | None, str | None]:
+        """A generation record and the identity of its grant (one statement)."""
+        query = (
+            select(GenerationRecord, Grant.identity_id)
+            .outerjoin(Grant, Grant.id == GenerationRecord.grant_id)
+            .where(GenerationRecord.id == record_id)
+        )
+        row = (await s.execute(query)).first()
+        if row is None:
+            return None, None
+        r, grant_identity = row
+        view = RecordView(
+            r.id,
+            r.watermark,
+            r.principal_id,
+            r.identity_id,
+            r.grant_id,
+            r.model,
+            r.untrained,
+            r.manifest,
+            r.outputs,
+            r.audit_seq,
+            r.subject_erased,
+            r.created_at,
+        )
+        return view, grant_identity
+
+    async def grant_identity(self, s: AsyncSession, grant_id: str) -> str | None:
+        return await s.scalar(select(Grant.identity_id).where(Grant.id == grant_id))
+
+    async def names_and_labels(
+        self, s: AsyncSession, principal_ids: Sequence[str], identity_ids: Sequence[str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Principal id -> name and identity id -> label, in one statement."""
+        parts = []
+        if principal_ids:
+            parts.append(
+                select(literal("p"), Principal.id, Principal.name).where(Principal.id.in_(set(principal_ids)))
+            )
+        if identity_ids:
+            parts.append(
+                select(literal("i"), Identity.id, Identity.label).where(Identity.id.in_(set(identity_ids)))
+            )
+        if not parts:
+            return {}, {}
+        rows = (await s.execute(parts[0] if len(parts) == 1 else union_all(*parts))).all()
+        return {i: n for t, i, n in rows if t == "p"}, {i: n for t, i, n in rows if t == "i"}
+
+    async def principal_by_name(self, s: AsyncSession, name: str) -> str | None:
+        return await s.scalar(select(Principal.id).where(Principal.name == name))
+
+    async def erasure_cascades(
+        self, s: AsyncSession, identity_ids: Sequence[str]
+    ) -> dict[str, dict[str, int]]:
+        """What erasing each of ``identity_ids`` took with it, beyond what its audit event counts
+        (one statement for all): the grants it revoked (revoked at the erasure's own instant),
+        the records it flagged, and the templates it destroyed (as many as were enrolled:
+        templates are never added later). Identities not erased are left out."""
         if not identity_ids:
             return {}
-        async with self.db.session() as session:
-            rows = await session.execute(
-                select(Identity.id, Identity.label).where(Identity.id.in_(set(identity_ids)))
-            )
-        return {i: label for i, label in rows.all()}
-
-    async def principal_names(self, principal_ids: Sequence[str]) -> dict[str, str]:
-        if not principal_ids:
-            return {}
-        async with self.db.session() as session:
-            rows = await session.execute(
-                select(Principal.id, Principal.name).where(Principal.id.in_(set(principal_ids)))
-            )
-        return {i: name for i, name in rows.all()}
-
-    async def principal_by_name(self, name: str) -> str | None:
-        async with self.db.session() as session:
-            return await session.scalar(select(Principal.id).where(Principal.name == name))
-
-    async def erasure_cascade(self, identity_id: str) -> dict[str, int]:
-        """What erasing ``identity_id`` took with it, beyond what its audit event counts: the
-        grants it revoked (revoked at the erasure's own instant), the records it flagged, and the
-        templates it destroyed (as many as were enrolled: templates are never added later)."""
-        async with self.db.session() as session:
-            erased_at = await session.scalar(select(Identity.erased_at).where(Identity.id == identity_id))
-            if erased_at is None:
-                return {}
-            grants = await session.scalar(
-                select(func.count()).where(Grant.identity_id == identity_id, Grant.revoked_at == erased_at)
-            )
-            records = await session.scalar(
-                select(func.count()).where(
-                    GenerationRecord.identity_id == identity_id, GenerationRecord.subject_erased
-                )
-            )
-            enrolled = await session.scalar(
-                select(AuditEvent.body).where(
-                    AuditEvent.identity_id == identity_id, AuditEvent.kind == "identity.enrolled"
-                )
-            )
-        templates = enrolled.get("templates") if isinstance(enrolled, dict) else None
-        out = {"grants_revoked": int(grants or 0), "records_flagged": int(records or 0)}
-        if isinstance(templates, int):
-            out["templates_destroyed"] = templates
+        grants = (
+            select(func.count())
+            .where(Grant.identity_id == Identity.id, Grant.revoked_at == Identity.erased_at)
+            .correlate(Identity)
+            .scalar_subquery()
+        )
+        records = (
+            select(func.count())
+            .where(GenerationRecord.identity_id == Identity.id, GenerationRecord.subject_erased)
+            .correlate(Identity)
+            .scalar_subquery()
+        )
+        enrolled = (
+            select(AuditEvent.body)
+            .where(AuditEvent.identity_id == Identity.id, AuditEvent.kind == "identity.enrolled")
+            .order_by(AuditEvent.seq)
+            .limit(1)
+            .correlate(Identity)
+            .scalar_subquery()
+        )
+        query = select(Identity.id, grants, records, enrolled).where(
+            Identity.id.in_(set(identity_ids)), Identity.erased_at.is_not(None)
+        )
+        out: dict[str, dict[str, int]] = {}
+        for identity_id, revoked, flagged, body in (await s.execute(query)).all():
+            templates = body.get("templates") if isinstance(body, dict) else None
+            out[identity_id] = {"grants_revoked": int(revoked or 0), "records_flagged": int(flagged or 0)}
+            if isinstance(templates, int):
+                out[identity_id]["templates_destroyed"] = templates
         return out

@@ -210,6 +210,27 @@ class AuditHead(Base):
     signature: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class AuditCount(Base):
+    """How many audit events fell in each UTC day and hour, by kind and code: a rollup of
+    ``audit_events`` for the console's charts and report, so that a 30-day count reads a few
+    hundred rows instead of every event.
+
+    A database trigger (migration 0006) adds each inserted event, in the inserting transaction,
+    so the counts are exact whoever appends. Derived, not hashed: the chain covers the body; an
+    edited count misleads a chart, never what an event says.
+    """
+
+    __tablename__ = "audit_counts"
+    unit: Mapped[str] = mapped_column(String(4), primary_key=True)
+    """``day`` (``bucket`` is ``ts`` cut to 10 characters: ``2025-01-31``) or ``hour`` (13:
+    ``2025-01-31T23``)."""
+    bucket: Mapped[str] = mapped_column(String(13), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40), primary_key=True)
+    code: Mapped[str] = mapped_column(String(60), primary_key=True)
+    """``audit_events.code``, ``''`` where it is NULL (a key column cannot be)."""
+    events: Mapped[int] = mapped_column(BigInteger)
+
+
 class ConsoleSession(Base):
     """A signed-in console session. Only the SHA-256 of its random token is stored; it is bound
     to the API key used to sign in, so revoking that key ends the session on its next request."""

@@ -1,5 +1,6 @@
-"""Migration 0006: the console's sessions table, and the indexed copies of audit body fields,
-backfilled for events written before it (without changing any event's hash), and back."""
+"""Migration 0006: the console's sessions table, the indexed copies of audit body fields and the
+``audit_counts`` rollup, backfilled for events written before it (without changing any event's
+hash), the rollup's trigger counting what comes after, and back."""
 
 from __future__ import annotations
 
@@ -73,6 +74,27 @@ async def test_migration_0004_to_0006_backfills_and_back(database_url: str) -> N
     ]
     assert verify_chain(stored).ok  # the copies are outside the hash: the chain is unchanged
 
+    async def rollup() -> list[Any]:
+        async with db.session() as session:
+            query = "SELECT unit, bucket, kind, code, events FROM audit_counts ORDER BY 1, 2, 3, 4"
+            return [tuple(r) for r in (await session.execute(text(query))).all()]
+
+    backfilled = await rollup()
+    assert ("day", "2025-01-01", "generation.refused", "consent.revoked", 1) in backfilled
+    assert ("hour", "2025-01-03T00", "generation.released", "released", 1) in backfilled
+    assert ("day", "2025-01-04", "odd", "", 1) in backfilled and len(backfilled) == 2 * len(BODIES)
+    # After the migration the trigger counts each insert.
+    last = seal(seq=5, ts="2025-01-04T00:30:00.000000+00:00", kind="odd", body={}, prev=prev)
+    async with db.session() as session, session.begin():
+        await session.execute(
+            text(
+                "INSERT INTO audit_events (seq, ts, kind, body, prev_hash, hash) "
+                "VALUES (5, :ts, 'odd', '{}', :p, :h)"
+            ),
+            {"ts": last.ts, "p": prev, "h": last.hash},
+        )
+    assert ("hour", "2025-01-04T00", "odd", "", 2) in await rollup()
+
     def differences(connection: Connection) -> list[Any]:
         options = {"compare_type": True, "compare_server_default": True}
         return compare_metadata(MigrationContext.configure(connection, opts=options), Base.metadata)
@@ -83,4 +105,14 @@ async def test_migration_0004_to_0006_backfills_and_back(database_url: str) -> N
     await _alembic(db, lambda c: command.downgrade(c, "0004"))
     schema = await _schema(db)
     assert "console_sessions" not in schema and "code" not in schema["audit_events"]
+    assert "audit_counts" not in schema
+    async with db.session() as session, session.begin():  # the trigger went with its table
+        await session.execute(
+            text(
+                "INSERT INTO audit_events VALUES (6, '2025-01-05T00:00:00.000000+00:00', 'odd', '{}', :p, :h)"
+            ),
+            {"p": last.hash, "h": "f" * 64},
+        )
+    await db.migrate()  # and up again: the rollup is filled anew from every event
+    assert sum(row[4] for row in await rollup() if row[0] == "day") == len(BODIES) + 2
     await db.dispose()
