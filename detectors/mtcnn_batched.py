@@ -55,6 +55,7 @@ DEFAULT_STAGE_THRESHOLDS = (0.6, 0.7, 0.7)
 # on the 2-core Xeon: four 154x154 images, 64 R-Net crops, 16 O-Net crops.
 _MAX_PIXELS = (100_000, 64 * 24 * 24, 16 * 48 * 48)
 
+Corners = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 BatchResult = tuple[list[np.ndarray | None], list[np.ndarray | None], list[np.ndarray | None]]
 
 
@@ -157,7 +158,7 @@ def _bins(lo: torch.Tensor, length: torch.Tensor, size: int) -> tuple[torch.Tens
 @functools.lru_cache(maxsize=32)
 def _pyramid_plan(
     height: int, width: int, scales: tuple[float, ...], device: torch.device
-) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor, list[tuple[int, int]]]:
+) -> tuple[Corners, torch.Tensor, list[tuple[int, int]]]:
     """Where to read every output pixel of every pyramid level of a (H, W) image in its table
     (it depends on the image size only, hence cached): the four corner indices of its bin
     (end row & end column, end & start, start & end, start & start) and 1 / bin area."""
@@ -220,16 +221,19 @@ def crop_area_resize(
     ys, ye = _bins(y0, y1 - y0, out_h)
     _, h1, w1, _ = table.shape
     flat = table.reshape(-1, 3)
-    row_s = ((image_inds * h1)[:, None] + ys) * w1  # (N, h)
-    row_e = ((image_inds * h1)[:, None] + ye) * w1
+    base = (image_inds * h1)[:, None]
+    row_s = (base + ys) * w1  # (N, h)
+    row_e = (base + ye) * w1
 
     def corner(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        return flat.index_select(0, (rows[:, :, None] + cols[:, None, :]).reshape(-1))
+        return flat.index_select(0, (rows[:, :, None] + cols[:, None, :]).view(-1))
 
-    total = corner(row_e, xe) - corner(row_s, xe) - corner(row_e, xs) + corner(row_s, xs)
-    inv_area = 1.0 / ((ye - ys)[:, :, None] * (xe - xs)[:, None, :]).to(torch.float32)
-    means = total.to(torch.float32) * inv_area.reshape(-1, 1)
-    return means.reshape(-1, out_h, out_w, 3).permute(0, 3, 1, 2)
+    total = corner(row_e, xe).sub_(corner(row_s, xe)).sub_(corner(row_e, xs)).add_(corner(row_s, xs))
+    n = bounds.shape[0]
+    crops = torch.empty((n, 3, out_h, out_w), dtype=torch.float32, device=table.device)
+    crops.copy_(total.view(n, out_h, out_w, 3).permute(0, 3, 1, 2))
+    inv_area = ((ye - ys)[:, :, None] * (xe - xs)[:, None, :]).to(torch.float32).reciprocal_()
+    return crops.mul_(inv_area[:, None])
 
 
 def nms_min(
@@ -394,10 +398,10 @@ class BatchedMTCNN:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 2: R-Net over every candidate of the batch; NMS per image; calibrated squares."""
         height, width = table.shape[1] - 1, table.shape[2] - 1
-        boxes, inds = self._valid(boxes, inds, width, height)
+        boxes, inds, bounds = self._valid(boxes, inds, width, height)
         if boxes.shape[0] == 0:
             return boxes, inds
-        crops = crop_area_resize(table, inds, crop_bounds(boxes, width, height), 24)
+        crops = crop_area_resize(table, inds, bounds, 24)
         out = self.rnet(crops)
         score = torch.sigmoid(out[:, 0])
         passed = score > self.thresholds[1]
@@ -411,10 +415,10 @@ class BatchedMTCNN:
         """Stage 3: O-Net over every survivor; landmarks; "Min" NMS per image.
         Returns boxes (n, 5: x1, y1, x2, y2, probability), landmarks (n, 5, 2), image index."""
         height, width = table.shape[1] - 1, table.shape[2] - 1
-        boxes, inds = self._valid(boxes, inds, width, height)
+        boxes, inds, bounds = self._valid(boxes, inds, width, height)
         if boxes.shape[0] == 0:
             return boxes.new_zeros((0, 5)), boxes.new_zeros((0, 5, 2)), inds
-        crops = crop_area_resize(table, inds, crop_bounds(boxes, width, height), 48)
+        crops = crop_area_resize(table, inds, bounds, 48)
         out = self.onet(crops)
         score = torch.sigmoid(out[:, 0])
         passed = score > self.thresholds[2]
@@ -433,9 +437,11 @@ class BatchedMTCNN:
     @staticmethod
     def _valid(
         boxes: torch.Tensor, inds: torch.Tensor, width: int, height: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # Boxes whose clamped crop is empty (wholly outside the image): stock skips their crop
-        # (and then misaligns its arrays); here they are dropped.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The boxes, their images and their crop bounds, less boxes whose clamped crop is empty
+        (wholly outside the image): stock skips their crop (and then misaligns its arrays)."""
         b = crop_bounds(boxes, width, height)
         ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-        return boxes[ok], inds[ok]
+        if bool(ok.all()):
+            return boxes, inds, b
+        return boxes[ok], inds[ok], b[ok]
