@@ -126,19 +126,21 @@ def crop_bounds(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return torch.stack([x0, y0, x1, y1], dim=1)
 
 
-def summed_area(images: torch.Tensor) -> torch.Tensor:
+def summed_area(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) 8-bit pixels -> (B, H + 1, W + 1, 3) summed-area table, exact: int32 while
-    255 * H * W fits, else int64. On the CPU ``cv2.integral`` per image (20x numpy's cumsum)."""
+    255 * H * W fits, else int64. On the CPU (or from numpy) ``cv2.integral`` per image (20x
+    numpy's cumsum), on the images' device otherwise."""
     n, height, width, _ = images.shape
     wide = 255 * height * width >= 2**31
-    if images.device.type == "cpu":
-        arr = np.ascontiguousarray(images.numpy(), dtype=np.uint8)
+    if isinstance(images, np.ndarray) or images.device.type == "cpu":
+        arr = images if isinstance(images, np.ndarray) else images.numpy()
+        arr = np.ascontiguousarray(arr, dtype=np.uint8)
         if wide:  # float64 sums are exact far beyond int32
             tables = [cv2.integral(im, sdepth=cv2.CV_64F) for im in arr]
             return torch.from_numpy(np.stack(tables).astype(np.int64))
         table_np = np.empty((n, height + 1, width + 1, 3), dtype=np.int32)
         for i, im in enumerate(arr):
-            table_np[i] = cv2.integral(im, sdepth=cv2.CV_32S)
+            cv2.integral(im, table_np[i], sdepth=cv2.CV_32S)  # in place: no 3 MB copy
         return torch.from_numpy(table_np)
     dtype = torch.int64 if wide else torch.int32
     table = torch.zeros((n, height + 1, width + 1, 3), dtype=dtype, device=images.device)
@@ -316,7 +318,8 @@ class BatchedMTCNN:
         for i, arr in enumerate(arrays):
             by_size[arr.shape].append(i)
         for indices in by_size.values():
-            stacked = torch.from_numpy(np.stack([arrays[i] for i in indices]))
+            group = [arrays[i] for i in indices]
+            stacked = group[0][None] if len(group) == 1 else np.stack(group)
             for i, (b, p) in zip(indices, self.detect_tensor(stacked), strict=True):
                 if len(b):
                     boxes[i], probs[i], points[i] = b[:, :4], b[:, 4], p
@@ -340,12 +343,14 @@ class BatchedMTCNN:
         return out
 
     @torch.inference_mode()
-    def detect_tensor(self, images: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One batch of equal-sized images, (B, H, W, 3) uint8 (integer values 0-255).
+    def detect_tensor(self, images: torch.Tensor | np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One batch of equal-sized images, (B, H, W, 3) uint8 (integer values 0-255), a tensor
+        or (on the CPU, read as is) a numpy array.
 
         Returns per image (boxes (n, 5): x1, y1, x2, y2, probability; landmarks (n, 5, 2)).
         """
-        pixels = images.to(self.device)
+        cpu_numpy = isinstance(images, np.ndarray) and self.device.type == "cpu"
+        pixels = images if cpu_numpy else torch.as_tensor(images).to(self.device)
         n_img, height, width, _ = pixels.shape
         empty = [(np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)) for _ in range(n_img)]
         scales = pyramid_scales(height, width, self.min_face_size, self.factor)

@@ -158,13 +158,17 @@ class _Layer:
     stride: int = 0
 
 
+def _params(m: nn.Conv2d | nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    assert m.bias is not None  # every MTCNN layer has one
+    return m.weight.detach(), m.bias.detach()
+
+
 def _head(*layers: nn.Conv2d | nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     """The class layer (2 outputs) and the regression layers as one: row 0 = logit(face) -
     logit(background), then the regression rows in order."""
-    cls, *rest = layers
-    w, b = cls.weight.detach(), cls.bias.detach()
-    weights = [w[1:2] - w[0:1]] + [r.weight.detach() for r in rest]
-    biases = [b[1:2] - b[0:1]] + [r.bias.detach() for r in rest]
+    (w, b), *rest = (_params(m) for m in layers)
+    weights = [w[1:2] - w[0:1]] + [rw for rw, _ in rest]
+    biases = [b[1:2] - b[0:1]] + [rb for _, rb in rest]
     return torch.cat(weights), torch.cat(biases)
 
 
@@ -176,7 +180,7 @@ def _caffe_to_chw(weight: torch.Tensor, channels: int, side: int) -> torch.Tenso
 
 def _layers(net: nn.Module, mean: float = _MEAN) -> list[_Layer]:
     def conv(m: nn.Conv2d, fold: bool = False) -> _Layer:
-        w, b = m.weight.detach(), m.bias.detach()
+        w, b = _params(m)
         if fold:  # conv(x * s - m * s) == conv'(x) with w' = w * s, b' = b - m * s * sum(w)
             b = b - mean * _SCALE * w.sum(dim=(1, 2, 3))
             w = w * _SCALE
@@ -249,14 +253,15 @@ def _dense_step(
     layer: _Layer, device: torch.device, dtype: torch.dtype
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """One layer as ordinary tensor ops (CUDA, or a CPU without oneDNN)."""
-    w = None if layer.weight is None else layer.weight.to(device, dtype)
-    b = None if layer.bias is None else layer.bias.to(device, dtype)
-    if layer.kind == "conv":
-        return lambda x: F.conv2d(x, w, b)
-    if layer.kind == "dense":
-        return lambda x: F.linear(x, w, b)
+    if layer.kind in ("conv", "dense"):
+        assert layer.weight is not None and layer.bias is not None
+        w, b = layer.weight.to(device, dtype), layer.bias.to(device, dtype)
+        op = F.conv2d if layer.kind == "conv" else F.linear
+        return lambda x: op(x, w, b)
     if layer.kind == "prelu":
-        return lambda x: F.prelu(x, w)
+        assert layer.weight is not None
+        a = layer.weight.to(device, dtype)
+        return lambda x: F.prelu(x, a)
     if layer.kind == "pool":
         k, s = layer.size, layer.stride
         return lambda x: F.max_pool2d(x, k, s, ceil_mode=True)
