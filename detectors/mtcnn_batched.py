@@ -326,7 +326,9 @@ class BatchedMTCNN:
             by_size[arr.shape].append(i)
         for indices in by_size.values():
             group = [arrays[i] for i in indices]
-            stacked = group[0][None] if len(group) == 1 else np.stack(group)
+            # One image on the CPU is read where PIL left it (read-only); else a fresh array.
+            single = len(group) == 1 and self.device.type == "cpu"
+            stacked = group[0][None] if single else np.stack(group)
             for i, (b, p) in zip(indices, self.detect_tensor(stacked), strict=True):
                 if len(b):
                     boxes[i], probs[i], points[i] = b[:, :4], b[:, 4], p
