@@ -1,9 +1,10 @@
 """BatchedMTCNN (what FaceDetector runs) against the stock facenet-pytorch MTCNN, configured as
 FaceDetector configured it before the swap.
 
-Parity is measured on the raw MTCNN output (before FaceDetector's 0.9 / min-size cut): the same
-face count on every shared photo, box IoU >= 0.95 and landmarks within 1.5 px for >= 99% of
-faces. The figures are printed (run with ``-s``).
+Parity is measured on the raw MTCNN output (before FaceDetector's 0.9 / min-size cut), on every
+photo of ../shared/faces (LFW, formats, groups) at both face sizes the gate uses (20 and 40 px):
+the same face count on every photo, box IoU >= 0.95 and landmarks within 1.5 px for >= 99% of
+faces. The actual minimum IoU and maximum landmark error are printed (run with ``-s``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ from consentry.detectors.mtcnn_batched import (
     area_resize,
     crop_area_resize,
     nms_min,
+    pin_malloc_thresholds,
+    pyramid,
     pyramid_scales,
     summed_area,
 )
+from consentry.detectors.mtcnn_nets import CascadeNet, ONet, PNet, RNet
 
 Raw = tuple[list[np.ndarray | None], list[np.ndarray | None], list[np.ndarray | None]]
 
@@ -120,31 +124,42 @@ def _check(label: str, mismatch: list[str], ious: list[float], lm_err: list[floa
     assert np.mean(lm_a <= 1.5) >= 0.99
 
 
-def test_parity_lfw_and_formats(faces_dir: Path, stock40: Stock) -> None:
+def _all_photos(faces_dir: Path) -> list[Path]:
     lfw = sorted(faces_dir.glob("lfw/*/*.jpg"))
     fmts = sorted((faces_dir / "formats").iterdir())
-    ours = BatchedMTCNN(min_face_size=40, device="cpu")
-    lfw_images = [load(p) for p in lfw]
-    fmt_images = [load(p) for p in fmts]
-    stock = _stock_raw(stock40, lfw_images)
-    stock_f = _stock_raw(stock40, fmt_images)
-    for dst, src in zip(stock, stock_f, strict=True):
-        dst.extend(src)
-    # All of them in ONE call: mixed sizes are grouped inside.
-    mine = ours.detect(lfw_images + fmt_images)
-    _check("lfw+formats @40", *_compare(stock, mine, [p.name for p in lfw + fmts]))
+    groups = sorted((faces_dir / "groups").glob("*.jpg"))
+    assert len(lfw) >= 100 and len(fmts) == 7 and len(groups) == 9
+    return lfw + fmts + groups
 
 
-def test_parity_groups_and_all_found(faces_dir: Path, stock20: Stock) -> None:
-    paths = sorted((faces_dir / "groups").glob("*.jpg"))
+@pytest.mark.slow  # stock MTCNN on 135 photos: ~5-10 s per face size on 2 cores
+@pytest.mark.parametrize("min_face", [40, 20])
+def test_parity_on_every_photo(faces_dir: Path, min_face: int, stock40: Stock, stock20: Stock) -> None:
+    stock = {40: stock40, 20: stock20}[min_face]
+    paths = _all_photos(faces_dir)
     images = [load(p) for p in paths]
-    stock = [stock20._mtcnn.detect([im], landmarks=True) for im in images]
-    stock_raw: Raw = ([s[0][0] for s in stock], [s[1][0] for s in stock], [s[2][0] for s in stock])
-    swapped = _swapped(stock20)
-    mine = swapped._mtcnn.detect(images)
-    _check("groups @20", *_compare(stock_raw, mine, [p.name for p in paths]))
-    # Through FaceDetector (its 0.9 probability and min-size cut): every group face found.
-    found = [len(f) for f in swapped.detect(images)]
+    expected: Raw = ([], [], [])
+    for im in images:  # stock one photo at a time
+        for dst, src in zip(expected, stock._mtcnn.detect([im], landmarks=True), strict=True):
+            dst.extend(src)
+    # Ours: all of them in ONE call (mixed sizes are grouped inside).
+    mine = BatchedMTCNN(min_face_size=min_face, device="cpu").detect(images)
+    _check(f"all photos @{min_face}", *_compare(expected, mine, [p.name for p in paths]))
+
+
+def test_parity_batched_like_face_detector(faces_dir: Path, stock40: Stock) -> None:
+    # Stock batched as FaceDetector batched it (equal sizes, max_batch per call) against ours.
+    lfw = [load(p) for p in sorted(faces_dir.glob("lfw/*/*.jpg"))]
+    _check(
+        "lfw batched @40",
+        *_compare(_stock_raw(stock40, lfw), _swapped(stock40)._mtcnn.detect(lfw), ["lfw"] * len(lfw)),
+    )
+
+
+def test_group_faces_all_found(faces_dir: Path, stock20: Stock) -> None:
+    # Through FaceDetector as shipped (its 0.9 probability and min-size cut): every group face.
+    paths = sorted((faces_dir / "groups").glob("*.jpg"))
+    found = [len(f) for f in _swapped(stock20).detect([load(p) for p in paths])]
     expected = [int(p.stem.rsplit("_", 1)[1]) for p in paths]
     print(f"groups found {sum(found)} / expected {sum(expected)}")
     assert sum(expected) == 37
@@ -200,6 +215,50 @@ def test_area_resize_matches_interpolate() -> None:
     for k, (x0, y0, x1, y1) in enumerate(bounds.tolist()):
         expected = F.interpolate(chw[inds[k], None, :, y0:y1, x0:x1], size=(24, 24), mode="area")[0]
         assert torch.allclose(crops[k], expected, atol=1e-3)
+
+
+def test_pyramid_matches_interpolate() -> None:
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (2, 90, 131, 3), generator=g, dtype=torch.uint8)
+    scales = pyramid_scales(90, 131, 20, 0.709)
+    levels = pyramid(summed_area(pixels), scales)
+    chw = pixels.permute(0, 3, 1, 2).float()
+    assert len(levels) == len(scales) > 3
+    for level, s in zip(levels, scales, strict=True):
+        expected = F.interpolate(chw, size=(int(90 * s + 1), int(131 * s + 1)), mode="area")
+        assert level.shape == expected.shape
+        assert torch.allclose(level, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("net_class", "shape"), [(PNet, (2, 3, 61, 47)), (RNet, (70, 3, 24, 24)), (ONet, (20, 3, 48, 48))]
+)
+@pytest.mark.parametrize("onednn", [True, False])
+def test_cascade_net_matches_the_trained_module(
+    net_class: type, shape: tuple[int, ...], onednn: bool
+) -> None:
+    # Folded normalisation, merged heads, permuted dense columns, oneDNN or plain ops: the same
+    # numbers as the modules facenet-pytorch's weights were written for, to float rounding.
+    net = net_class().eval()
+    fast = CascadeNet(net, device=torch.device("cpu"), max_pixels=4 * 48 * 48)
+    fast.onednn_min_pixels = 0 if onednn else 10**9
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 256, shape, generator=g).float()
+    with torch.inference_mode():
+        ref = net((x - 127.5) * 0.0078125)
+        out = fast(x)
+    prob = ref[-1]
+    assert torch.allclose(torch.sigmoid(out[:, 0]), prob, atol=1e-5)
+    assert torch.allclose(out[:, 1:5], ref[0], atol=1e-4)
+    if net_class is ONet:
+        assert torch.allclose(out[:, 5:], ref[1], atol=1e-4)
+
+
+def test_malloc_thresholds_pinned_on_glibc() -> None:
+    import platform
+
+    pinned = pin_malloc_thresholds()
+    assert pinned == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
 
 
 def test_nms_min_matches_stock() -> None:
