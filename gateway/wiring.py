@@ -217,7 +217,9 @@ async def open_gate(
         from consentry.detectors.microbatch import MicroBatchingAnalyzer
 
         stage_analyzer = MicroBatchingAnalyzer(lazy_analyzer, settings.face_batch_window_ms / 1000.0)
-    watermarker = Watermarker(WatermarkKeyring.load_or_create(keys_dir))
+    # Marks are embedded and verified on the GPU when the device is CUDA (torch is imported at
+    # the first request, not here: commands that never mark an image start without it).
+    watermarker = Watermarker(WatermarkKeyring.load_or_create(keys_dir), device=settings.device)
     index = IndexCache(subjects, lazy_analyzer)
     stages = build_stages(
         settings,

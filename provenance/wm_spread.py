@@ -177,7 +177,11 @@ class TiledSpreadSpectrum:
         ref = np.zeros_like(flat)
         for ring in self._rings:
             ref[ring] = np.median(flat[ring])
-        cut = np.minimum(1.0, OUTLIER * ref / np.maximum(flat, 1e-30)).reshape(raw.shape)
+        # min(1, OUTLIER * ref / flat), except that a bin with no power at all (a flat image)
+        # keeps its weight instead of dividing 0 by 0 (which zeroed every weight and made the
+        # embedder divide by a zero gain).
+        over = flat > OUTLIER * ref
+        cut = np.where(over, OUTLIER * ref / np.maximum(flat, 1e-30), 1.0).reshape(raw.shape)
         return self._lay.weight * cut
 
     def _spectrum(
@@ -254,6 +258,11 @@ class TiledSpreadSpectrum:
         y = luma(rgb)
         if min(y.shape) >= MIN_DECODE_SIDE:
             yield self._candidates_at(*self._sync(y), 1.0)
+        yield from self.rescaled_candidates(y)
+
+    def rescaled_candidates(self, y: NDArray[np.float32]) -> Iterator[Candidates]:
+        """The batches after the original scale's, from the luma plane (the batched decoder of
+        :mod:`provenance.wm_torch` reads the original scale itself and asks for these)."""
         if self.search_scale:
             for scale, spectrum, corr in best_scales(
                 y, self.tile, self._sync, MAX_SCALE_GUESSES, MIN_DECODE_SIDE
