@@ -24,14 +24,14 @@ _REVISION = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*(.+?)\s*$", 
 
 
 @cache
-def head_revision() -> str | None:
+def head_revision(versions: Path = MIGRATIONS / "versions") -> str | None:
     """The one head of the migration scripts, read from their ``revision`` / ``down_revision``
     lines without importing Alembic (which costs ~0.2 s of every command's start); None when
     that is not plain (no scripts, a branch, a merge, a line we do not understand), and then
     :meth:`Database.migrate` always asks Alembic."""
     revisions: set[str] = set()
     parents: set[str] = set()
-    for script in sorted((MIGRATIONS / "versions").glob("*.py")):
+    for script in sorted(versions.glob("*.py")):
         text = script.read_text(encoding="utf-8")
         found: dict[str, str] = {m.group(1): m.group(2) for m in _REVISION.finditer(text)}
         rev, down = found.get("revision", ""), found.get("down_revision", "")
