@@ -22,6 +22,8 @@ HEAVY = ("torch", "diffusers", "transformers", "cv2", "facenet_pytorch", "skimag
 # Slow to import and needed only by a server or a migration: a gate command on a database that
 # is already at head imports neither (Alembic ~0.2 s, litestar with pdb ~0.2 s).
 SERVER_ONLY = ("alembic", "litestar", "uvicorn")
+# Imported where a manifest is signed or read (generate, verify), by no other gate command.
+SIGNING = ("c2pa",)
 # The watermark code is OpenCV's; it is the one heavy library a watermark command may import.
 WATERMARK_OK = {"cv2"}
 
@@ -33,14 +35,14 @@ try:
 except SystemExit as exc:
     code = exc.code
 heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
-server = sorted(m for m in {SERVER_ONLY!r} if m in sys.modules)
+server = sorted(m for m in {SERVER_ONLY + SIGNING!r} if m in sys.modules)
 print("PROBE " + json.dumps({{"exit": code, "heavy": heavy, "server": server}}))
 """
 
 
 def probe(cwd: Path, *argv: str, server: bool = False) -> tuple[int, list[str]]:
-    """Exit code and heavy modules (or, with ``server``, the server-only modules) imported by
-    ``consentry ARGV`` in a fresh process."""
+    """Exit code and heavy modules (or, with ``server``, the server-only and signing modules)
+    imported by ``consentry ARGV`` in a fresh process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENTRY_")}
     env |= {"CONSENTRY_DATA_DIR": str(cwd / "data"), "CONSENTRY_DEVICE": "cpu"}
     done = subprocess.run(
@@ -123,8 +125,9 @@ def test_gate_commands_on_a_migrated_database_import_no_server_library(workdir: 
     for argv in (
         ["audit", "verify"],
         ["principal", "add", "y", "--role", "requester"],
-        ["verify", "plain.png"],
         ["revoke", "gnt_unknown"],
     ):
         code, server = probe(workdir, *argv, server=True)
         assert code in (0, 2) and server == [], argv
+    # verify reads the C2PA manifest: c2pa, and still no server library.
+    assert probe(workdir, "verify", "plain.png", server=True) == (0, list(SIGNING))

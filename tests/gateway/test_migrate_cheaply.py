@@ -65,7 +65,9 @@ def test_head_is_read_only_from_a_plain_chain(
 
 
 async def test_a_database_behind_head_is_migrated(database_url: str) -> None:
-    previous = ScriptDirectory.from_config(_config()).get_revision(head_revision()).down_revision
+    head = head_revision()
+    assert head is not None
+    previous = ScriptDirectory.from_config(_config()).get_revision(head).down_revision
     assert isinstance(previous, str)
     db = Database(database_url)
     try:
