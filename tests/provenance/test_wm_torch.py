@@ -29,7 +29,7 @@ from consentry.provenance.watermark import (
 from consentry.provenance.watermark_keys import WatermarkKeyring
 from consentry.provenance.wm_batch import TorchBatch, resolve_device
 from consentry.provenance.wm_codes import CODED_BITS, viterbi_decode
-from consentry.provenance.wm_spread import TiledSpreadSpectrum, luma
+from consentry.provenance.wm_spread import TiledSpreadSpectrum, luma, luma_numpy
 from consentry.provenance.wm_torch import TorchSpread, viterbi
 from consentry.provenance.wm_torch import luma as torch_luma
 
@@ -106,9 +106,15 @@ def _parity(wm: Watermarker, device: str, photos: list[Image.Image], payloads: l
 
 
 def test_luma_is_opencvs_to_the_bit(photos: list[Image.Image]) -> None:
-    for image in photos:
-        rgb = np.asarray(image)
-        assert np.array_equal(torch_luma(torch.tensor(rgb)[None])[0].numpy(), luma(rgb))
+    """torch, numpy and OpenCV compute the same luma (the decoder uses whichever is at hand)."""
+    import cv2
+
+    noise = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    for rgb in [np.asarray(image) for image in photos] + [noise]:
+        reference = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        assert np.array_equal(luma(rgb), reference)
+        assert np.array_equal(luma_numpy(rgb), reference)
+        assert np.array_equal(torch_luma(torch.tensor(rgb)[None])[0].numpy(), reference)
 
 
 def test_mask_is_the_numpy_mask(photos: list[Image.Image]) -> None:
