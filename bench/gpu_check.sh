@@ -5,7 +5,8 @@
 #   device:  bash bench/gpu_check.sh          (carry .whl and .gpu, made by bench/gpu_prepare.sh)
 #   here:    bash bench/gpu_check.sh --smoke  (results under a temporary folder, never bench/results)
 #
-# Steps, each under its own timeout so one that hangs cannot eat the others' time:
+# Steps, each under its own timeout so one that hangs cannot eat the others' time (at most
+# 490 s together; expected ~5 min; give the device tool timeout_s=540):
 #   1. CUDA tests: every test marked gpu in the files that have them, and batched MTCNN's CUDA test
 #   2. bench/wm_torch.py       batched watermark, batch 16 of 512²: <= 5 ms/image, bit-exact vs numpy
 #   3. bench/face_gpu.py       stock MTCNN vs ours, batch 1/16/64: <= 8 ms at 1, >= 1500 img/s, >= 10x
@@ -25,15 +26,15 @@ else
     PY=${PYTHON:-python3}
     OUT=${OUT:?set OUT (the device tool sets it)}
 fi
-RESULTS="$OUT/results"
+# Results are written outside $OUT and packed into one archive: the device returns 8 files at most.
+RESULTS=$(mktemp -d /tmp/gpu-check-results.XXXXXX)/results
 LOG="$OUT/gpu_check.log"
 mkdir -p "$RESULTS"
-exec > >(tee -a "$LOG") 2>&1
 export PYTHONUNBUFFERED=1
 START=$SECONDS
 FAILED=()
 
-pack() { tar -czf "$OUT/gpu_results.tgz" -C "$OUT" results 2>/dev/null; }
+pack() { tar -czf "$OUT/gpu_results.tgz" -C "$(dirname "$RESULTS")" results 2>/dev/null; }
 step() {  # step NAME SECONDS COMMAND...: run, time, record failures, re-pack the results
     local name=$1 limit=$2
     shift 2
@@ -44,10 +45,11 @@ step() {  # step NAME SECONDS COMMAND...: run, time, record failures, re-pack th
     pack
 }
 
+main() {
 if [ "$SMOKE" = 0 ]; then
     # The packages and weights the device lacks (bench/gpu_prepare.sh), and the repository's
     # folders under the consentry namespace they are installed as (no pip install there).
-    "$PY" - <<'EOF' || { echo "cannot unpack .whl/.gpu: run bench/gpu_prepare.sh and carry both"; exit 2; }
+    "$PY" - <<'EOF' || { echo "cannot unpack .whl/.gpu: run bench/gpu_prepare.sh and carry both"; return 2; }
 import lzma, shutil, tarfile
 from pathlib import Path
 with tarfile.open(".whl/site.tar.xz") as tar:
@@ -66,7 +68,7 @@ EOF
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     export CONSENTRY_FACES_DIR=.gpu/faces
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader
-    "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print('torch', torch.__version__, torch.cuda.get_device_name(0))" || exit 2
+    "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print('torch', torch.__version__, torch.cuda.get_device_name(0))" || return 2
     DEVICE=cuda
 else
     DEVICE=cpu
@@ -74,8 +76,8 @@ else
 fi
 
 GPU_FILES=$(grep -rl "mark.gpu" tests --include="test_*.py" | sort | tr '\n' ' ')
-step "pytest -m gpu" 75 "$PY" -m pytest -q -p no:cacheprovider -rs -m gpu $GPU_FILES
-step "pytest batched MTCNN on CUDA" 45 "$PY" -m pytest -q -p no:cacheprovider -rs \
+step "pytest -m gpu" 60 "$PY" -m pytest -q -p no:cacheprovider -rs -m gpu $GPU_FILES
+step "pytest batched MTCNN on CUDA" 40 "$PY" -m pytest -q -p no:cacheprovider -rs \
     tests/detectors/test_mtcnn_batched.py -k cuda
 
 if [ "$SMOKE" = 1 ]; then
@@ -86,12 +88,12 @@ if [ "$SMOKE" = 1 ]; then
         --results-dir "$RESULTS"
     step "gate_overhead" 600 "$PY" bench/gate_overhead.py --smoke --results-dir "$RESULTS"
 else
-    step "wm_torch" 60 "$PY" bench/wm_torch.py --device cuda --batch 16 --size 512 --results-dir "$RESULTS"
-    step "face_gpu" 100 "$PY" bench/face_gpu.py --device cuda --batches 1,16,64 --images 256 --repeats 10 \
+    step "wm_torch" 45 "$PY" bench/wm_torch.py --device cuda --batch 16 --size 512 --results-dir "$RESULTS"
+    step "face_gpu" 90 "$PY" bench/face_gpu.py --device cuda --batches 1,16,64 --images 256 --repeats 10 \
         --results-dir "$RESULTS"
-    step "index_search" 90 "$PY" bench/index_search.py --repeats 60 --check-queries 100 --results-dir "$RESULTS"
+    step "index_search" 75 "$PY" bench/index_search.py --repeats 40 --check-queries 50 --results-dir "$RESULTS"
     if [ "${GATE:-1}" = 1 ]; then
-        step "gate_overhead" 150 "$PY" bench/gate_overhead.py --device cuda --skip-sd15 --repeats 3 \
+        step "gate_overhead" 180 "$PY" bench/gate_overhead.py --device cuda --skip-sd15 --repeats 3 \
             --work /tmp/gate-models --results-dir "$RESULTS"
     else
         echo "gate overhead skipped (GATE=0)"
@@ -103,6 +105,10 @@ for md in "$RESULTS"/*.md; do [ -f "$md" ] && { echo; cat "$md"; }; done
 pack
 if [ ${#FAILED[@]} -gt 0 ]; then
     printf 'FAILED: %s\n' "${FAILED[@]}"
-    exit 1
+    return 1
 fi
 echo "all steps passed; results in $OUT/gpu_results.tgz"
+}
+
+main 2>&1 | tee "$LOG"
+exit "${PIPESTATUS[0]}"
