@@ -5,9 +5,9 @@ do one image at a time, for a list of images, with every equally sized group mar
 one pass of :class:`provenance.wm_torch.TorchSpread` (on the GPU when there is one):
 
 * decode: per key, current first, the original scale of every still-unfound image at once
-  (Viterbi on the first 9 candidate rows, then on the other 63 for images not found there), then
-  the numpy scale search (``TiledSpreadSpectrum.rescaled_candidates``) for the images still not
-  found; the first CRC match wins, in the order the one-image decoder tries candidates;
+  (Viterbi on the first 9 candidate rows, then on the other 63 for images not found there); then,
+  per key, the numpy scale search (``TiledSpreadSpectrum.rescaled_candidates``) for the images
+  still not found; the first CRC match wins, in the order the one-image decoder tries candidates;
 * embed-and-verify: each rung of the strength ladder marks the images still pending at once; the
   simulated redistribution (JPEG 75, half size and back: Pillow, on the CPU) runs in threads; the
   copies and the marked images are decoded in batches; images that miss the margin go up a rung.
@@ -170,14 +170,15 @@ class TorchBatch:
         arrays = [_rgb(im) for im in images]
         found: dict[int, WatermarkReading] = {}
         pending = [i for i, a in enumerate(arrays) if min(a.shape[:2]) >= MIN_DECODE_SIDE]
+        # As Watermarker.decode: every key at the original scale, then every key's scale search.
         for reader, spread in zip(self.readers, self.spreads, strict=True):
-            if not pending:
-                break
             for group in _groups(arrays, pending):
                 found.update(self._original_scale(reader, spread, arrays, group))
-            for i in (i for i in pending if i not in found):
-                method = reader.method
-                assert isinstance(method, TiledSpreadSpectrum)
+            pending = [i for i in pending if i not in found]
+        for reader in self.readers:
+            method = reader.method
+            assert isinstance(method, TiledSpreadSpectrum)
+            for i in pending:
                 reading = self.wm._first_found(reader, method.rescaled_candidates(luma(arrays[i])))
                 if reading is not None:
                     found[i] = reading

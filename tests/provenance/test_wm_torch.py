@@ -11,6 +11,7 @@ same checks run on CUDA where there is one (marked ``gpu``). Speed: bench/wm_tor
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from consentry.provenance.watermark import (
 from consentry.provenance.watermark_keys import WatermarkKeyring
 from consentry.provenance.wm_batch import TorchBatch, resolve_device
 from consentry.provenance.wm_codes import CODED_BITS, viterbi_decode
-from consentry.provenance.wm_spread import TiledSpreadSpectrum, luma, luma_numpy
+from consentry.provenance.wm_spread import Candidates, TiledSpreadSpectrum, luma, luma_numpy
 from consentry.provenance.wm_torch import TorchSpread, viterbi
 from consentry.provenance.wm_torch import luma as torch_luma
 
@@ -200,3 +201,32 @@ def test_device_choice() -> None:
             resolve_device("cuda")
     numpy_only = Watermarker.with_key(KEY)
     assert numpy_only.device == "cpu" and numpy_only._batch() is None
+
+
+class _CountingSpread(TiledSpreadSpectrum):
+    """The real method, counting the candidate batches the decoder pulls (one per scale)."""
+
+    pulled: list[int]
+
+    def __init__(self, key: bytes, n_coded: int) -> None:
+        super().__init__(key, n_coded)
+        self.pulled = []
+
+    def candidates(self, rgb: np.ndarray) -> Iterator[Candidates]:
+        self.pulled.append(0)
+        for batch in super().candidates(rgb):
+            self.pulled[-1] += 1
+            yield batch
+
+
+def test_an_older_keys_mark_costs_no_scale_search(photos: list[Image.Image], payloads: list[bytes]) -> None:
+    """Every key's original scale is tried before any key's scale search (~80 ms a key)."""
+    ring = WatermarkKeyring.from_secrets(b"newest key of three", b"middle key of three", OLD_KEY)
+    wm = Watermarker(ring, method=_CountingSpread)
+    marked = Watermarker.with_key(OLD_KEY).embed(photos[0], payloads[0])
+    reading = wm.decode(marked)
+    assert reading.payload == payloads[0] and reading.key_id == ring.keys[2].id
+    assert [r.method.pulled for r in wm._readers] == [[1], [1], [1]]  # type: ignore[attr-defined]
+    unmarked = wm.decode(photos[1])
+    assert not unmarked.found
+    assert all(r.method.pulled[-1] > 1 for r in wm._readers)  # type: ignore[attr-defined]
