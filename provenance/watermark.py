@@ -266,7 +266,9 @@ class Watermarker:
 
     def _batch(self) -> BatchedMarks | None:
         """The batched torch twin for :attr:`device`, built at first use; None means numpy."""
-        if self._batched is False:
+        if self._batched is False and self.device == "cpu":
+            self._batched = None  # numpy: torch is not imported at all
+        elif self._batched is False:
             from consentry.provenance.wm_batch import batched_for
 
             self._batched = batched_for(self, self.device)
