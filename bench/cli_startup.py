@@ -10,6 +10,11 @@ on get it in an untimed set-up; where a cheap failure is the realistic case (an 
 an unknown id) the exit code says so. For each command the heavy libraries it imported are
 recorded from one extra run (``-X importtime``), to show which paths still pull torch in.
 
+The commands are timed round-robin (run i of every command, then run i + 1, ...), so a load
+spike on the shared machine hits all of them alike instead of one command's five runs; the
+load average is recorded at the start and the end. Run it when ``uptime`` shows the lowest load
+you can find: on 2 cores a load of 2 already doubles a 0.8 s command's wall time.
+
     .venv/bin/python bench/cli_startup.py [--repeats 5] [--results-dir bench/results]
 """
 
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS_DIR, goal, goal_text, machine_info, md_table, measure, write_results
+from common import RESULTS_DIR, goal, goal_text, machine_info, md_table, measure_interleaved, write_results
 
 GOAL_MS = 1000.0
 CENSUS_RUN = -2  # run number of the -X importtime run (the warm-up is -1)
@@ -151,24 +156,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="consentry-cli-bench-") as tmp:
         dep = Deployment(Path(tmp))
         state = set_up(dep, args.repeats)
-        for cmd in commands(state):
-            codes: list[int] = []
+        cmds = commands(state)
 
-            def env_for(i: int, cmd: Command = cmd) -> dict[str, str]:
-                if cmd.name != "keys init":
-                    return dep.env
-                return dep.env | {"CONSENTRY_DATA_DIR": str(dep.root / f"fresh{i + 10}")}
+        def env_for(cmd: Command, i: int) -> dict[str, str]:
+            if cmd.name != "keys init":
+                return dep.env
+            return dep.env | {"CONSENTRY_DATA_DIR": str(dep.root / f"fresh{i + 10}")}
 
-            def once(i: int, cmd: Command = cmd, codes: list[int] = codes) -> None:
-                done = dep.run(cmd.argv(i), env=env_for(i))
+        def once(cmd: Command) -> Callable[[int], None]:
+            def run(i: int) -> None:
+                done = dep.run(cmd.argv(i), env=env_for(cmd, i))
                 if done.returncode != cmd.expect:
                     raise SystemExit(
                         f"{cmd.name}: exit {done.returncode}, expected {cmd.expect}: {done.stderr[-2000:]}"
                     )
-                codes.append(done.returncode)
 
-            timing = measure(once, repeats=args.repeats, warmup=1)
-            heavy = heavy_imports(dep, cmd, env_for(CENSUS_RUN))
+            return run
+
+        timings = measure_interleaved({c.name: once(c) for c in cmds}, repeats=args.repeats, warmup=1)
+        for cmd in cmds:
+            timing = timings[cmd.name]
+            heavy = heavy_imports(dep, cmd, env_for(cmd, CENSUS_RUN))
             g = goal(round(timing.median_ms, 1), GOAL_MS, at_most=True)
             results.append(
                 {
@@ -198,7 +206,8 @@ def main() -> None:
     met = sum(1 for r in results if r["goal"]["met"])
     markdown = (
         "# `consentry` start-up: commands that load no model\n\n"
-        f"Wall time of one process per run, median of {args.repeats} (after 1 warm-up), fresh SQLite "
+        f"Wall time of one process per run, median of {args.repeats} (after 1 warm-up; commands "
+        "interleaved run by run), fresh SQLite "
         f"deployment; goal <= {GOAL_MS:g} ms: met by {met} of {len(results)}.\n\n"
         '"heavy imports": which of ' + ", ".join(HEAVY) + " the command imported.\n\n" + table
     )

@@ -13,9 +13,12 @@ import re
 import secrets
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+if TYPE_CHECKING:
+    # Annotations only: importing litestar (and the pdb it pulls in) costs ~0.2 s, which every
+    # CLI command that opens the gate would pay for a module that only needs these types.
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 request_id: ContextVar[str | None] = ContextVar("consentry_request_id", default=None)
 record_id: ContextVar[str | None] = ContextVar("consentry_record_id", default=None)

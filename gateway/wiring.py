@@ -258,7 +258,9 @@ async def open_gate(
 
         stage_analyzer = MicroBatchingAnalyzer(lazy_analyzer, settings.face_batch_window_ms / 1000.0)
     prompt_rule = build_prompt_rule(settings, policy, prompt_embedder)
-    watermarker = Watermarker(WatermarkKeyring.load_or_create(keys_dir))
+    # Marks are embedded and verified on the GPU when the device is CUDA (torch is imported at
+    # the first request, not here: commands that never mark an image start without it).
+    watermarker = Watermarker(WatermarkKeyring.load_or_create(keys_dir), device=settings.device)
     index = IndexCache(subjects, lazy_analyzer)
     classifier = content_classifier if content_classifier is not None else build_content_classifier(policy)
     stages = build_stages(

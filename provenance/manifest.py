@@ -22,8 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import c2pa
-
 from consentry.policies import codes
 from consentry.policies.errors import BadInputError, ConsentryError, InvalidImageError, StageError
 from consentry.provenance.ingredients import (
@@ -42,6 +40,8 @@ GENERATION_LABEL = "org.consentry.generation"
 SOFT_BINDING_LABEL = "c2pa.soft-binding"
 MAX_SCORES = 16  # scores are a handful of similarities, never an embedding smuggled in as floats
 
+# c2pa itself is imported where a manifest is signed or read, not with this module: every gate
+# command imports this module through the wiring, and most (audit, grants, principals) never sign.
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX16 = re.compile(r"[0-9a-f]{16}")
 
@@ -50,19 +50,25 @@ _HEX16 = re.compile(r"[0-9a-f]{16}")
 _NO_NETWORK = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
 _SIGN_SETTINGS = {**_NO_NETWORK, "builder": {"thumbnail": {"enabled": False}}}
 
+
 # C2PA errors that mean "the manifest in this file is malformed or fails verification": a
 # reader reports those as an Invalid manifest instead of failing the request. (c2pa also raises
 # ``Other`` for a damaged JUMBF box; an unparseable *container* is told apart by its message.)
-_BROKEN_MANIFEST = (
-    c2pa.C2paError.Decoding,
-    c2pa.C2paError.Verify,
-    c2pa.C2paError.Signature,
-    c2pa.C2paError.Assertion,
-    c2pa.C2paError.AssertionNotFound,
-    c2pa.C2paError.Manifest,
-    c2pa.C2paError.Json,
-    c2pa.C2paError.Other,
-)
+def _broken_manifest() -> tuple[type[Exception], ...]:
+    import c2pa
+
+    return (
+        c2pa.C2paError.Decoding,
+        c2pa.C2paError.Verify,
+        c2pa.C2paError.Signature,
+        c2pa.C2paError.Assertion,
+        c2pa.C2paError.AssertionNotFound,
+        c2pa.C2paError.Manifest,
+        c2pa.C2paError.Json,
+        c2pa.C2paError.Other,
+    )
+
+
 _UNPARSEABLE = "asset could not be parsed"
 
 
@@ -218,6 +224,8 @@ def _check_mime(mime: str, supported: list[str]) -> None:
 
 def sign_image(image_bytes: bytes, mime: str, info: ManifestInfo, material: ClaimSigner) -> bytes:
     """Return ``image_bytes`` with a signed C2PA manifest embedded (ES256, no timestamp)."""
+    import c2pa
+
     _check_mime(mime, c2pa.Builder.get_supported_mime_types())
     callback_errors: list[BaseException] = []
 
@@ -265,6 +273,8 @@ def _failures(results: Mapping[str, Any] | None) -> tuple[str, ...]:
 def read_manifest(image_bytes: bytes, mime: str, trust_anchors_pem: str | None) -> ManifestReport:
     """Validate the C2PA manifest of an image against ``trust_anchors_pem`` (None: no anchors,
     so a good signature reads as "Valid" and never "Trusted")."""
+    import c2pa
+
     _check_mime(mime, c2pa.Reader.get_supported_mime_types())
     settings: dict[str, Any] = dict(_NO_NETWORK)
     if trust_anchors_pem:
@@ -278,7 +288,7 @@ def read_manifest(image_bytes: bytes, mime: str, trust_anchors_pem: str | None) 
                 store = json.loads(reader.json())
     except (c2pa.C2paError.NotSupported, c2pa.C2paError.Io) as exc:
         raise InvalidImageError(f"not a readable {mime} image: {exc}") from exc
-    except _BROKEN_MANIFEST as exc:
+    except _broken_manifest() as exc:
         if _UNPARSEABLE in str(exc):
             raise InvalidImageError(f"not a readable {mime} image: {exc}") from exc
         # A manifest is there but cannot be decoded or verified: that is a tampered or broken

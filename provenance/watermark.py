@@ -27,7 +27,7 @@ channel because every strength decodes the same way.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -38,7 +38,7 @@ from PIL import Image
 from consentry.policies import codes
 from consentry.policies.errors import BadInputError, StageError
 from consentry.provenance.watermark_keys import WatermarkKey, WatermarkKeyring
-from consentry.provenance.wm_codes import CODED_BITS, PAYLOAD_BYTES, PayloadCode
+from consentry.provenance.wm_codes import CODED_BITS, PAYLOAD_BYTES, FrameReading, PayloadCode
 from consentry.provenance.wm_spread import (
     CANDIDATES_PER_SCALE,
     MAX_SCALE_GUESSES,
@@ -69,6 +69,7 @@ DEFAULT_STRENGTHS: tuple[float, ...] = (2.5, 3.0, 4.0)
 # Viterbi starts failing below ~0.85, so demanding 0.95 keeps headroom for harsher attacks
 # (crops, JPEG 50) than the check itself; images that miss it get the next strength.
 VERIFY_AGREEMENT = 0.95
+FIRST_ROWS = 9  # a candidate batch's first rows (the strongest sync peak), decoded on their own
 
 
 class WatermarkMethod(Protocol):
@@ -87,6 +88,16 @@ class WatermarkMethod(Protocol):
 
 # How a method is built for one key and a number of coded bits (TiledSpreadSpectrum's signature).
 MethodFactory = Callable[[bytes, int], WatermarkMethod]
+
+
+class BatchedMarks(Protocol):
+    """Many images at once (:class:`provenance.wm_batch.TorchBatch`), same results as one by one."""
+
+    def decode(self, images: Sequence[Image.Image]) -> list[WatermarkReading]: ...
+
+    def embed_verified(
+        self, images: Sequence[Image.Image], payload: bytes, attempts: int
+    ) -> list[Image.Image]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +150,12 @@ class _KeyedReader:
     code: PayloadCode
 
 
+def _reading(reader: _KeyedReader, frame: FrameReading, scale: float) -> WatermarkReading:
+    """The reading of a frame whose CRC matched, found at ``scale``."""
+    name = reader.method.name if scale == 1.0 else f"{reader.method.name}@{scale:.3g}x"
+    return WatermarkReading(True, frame.payload, round(frame.agreement, 4), name, reader.key_id)
+
+
 class Watermarker:
     """Embed and decode the 8-byte generation-record payload under the deployment's keys.
 
@@ -147,6 +164,10 @@ class Watermarker:
     read from the source lets anyone stamp a real record's payload onto any image.
     ``strengths`` is the ladder :meth:`embed_verified` climbs, weakest (least visible) first.
     ``method`` builds the hiding method for one key (:class:`TiledSpreadSpectrum` by default).
+    ``device`` is where :meth:`embed_verified_many` and :meth:`decode_many` run: ``cpu`` (numpy,
+    one image at a time), ``cuda`` (the batched torch twin, :mod:`provenance.wm_batch`) or
+    ``auto`` (CUDA when present, else numpy, which is faster than torch on a CPU: see
+    bench/results/wm_torch_cpu.md). Torch is imported at the first batched call, never before.
     """
 
     algorithm = ALGORITHM
@@ -157,9 +178,12 @@ class Watermarker:
         *,
         strengths: Sequence[float] = DEFAULT_STRENGTHS,
         method: MethodFactory = TiledSpreadSpectrum,
+        device: str = "cpu",
     ) -> None:
         if not strengths or any(s <= 0 for s in strengths):
             raise ValueError("a Watermarker needs at least one positive strength")
+        self.device = device
+        self._batched: BatchedMarks | bool | None = False  # False: not resolved yet
         self.strengths = tuple(float(s) for s in strengths)
         self.keyring = keys if isinstance(keys, WatermarkKeyring) else WatermarkKeyring(keys)
         self._readers = tuple(
@@ -207,31 +231,63 @@ class Watermarker:
 
     def decode(self, image: Image.Image) -> WatermarkReading:
         """Look for the mark under each key, current first; the first candidate whose CRC
-        matches is the answer."""
+        matches is the answer.
+
+        Every key's first candidate batch (the original scale: one fold and two small FFTs)
+        is tried before any key's scale search (~80 ms on a 256 px image): an image marked
+        under an older key then costs a few milliseconds per newer key, not a failed search.
+        """
         w, h = image.size
         if min(w, h) < MIN_DECODE_SIDE:
             return WatermarkReading(found=False, payload=None, confidence=0.0)
         rgb = np.asarray(image.convert("RGB"))
-        for reader in self._readers:
-            reading = self._decode_with(reader, rgb)
+        searches = [(reader, iter(reader.method.candidates(rgb))) for reader in self._readers]
+        for reader, batches in searches:
+            first = next(batches, None)
+            reading = self._first_found(reader, [first] if first is not None else [])
+            if reading is not None:
+                return reading
+        for reader, batches in searches:
+            reading = self._first_found(reader, batches)
             if reading is not None:
                 return reading
         return WatermarkReading(found=False, payload=None, confidence=0.0)
 
     @staticmethod
-    def _decode_with(reader: _KeyedReader, rgb: NDArray[np.uint8]) -> WatermarkReading | None:
-        for batch in reader.method.candidates(rgb):
+    def _first_found(reader: _KeyedReader, batches: Iterable[Candidates]) -> WatermarkReading | None:
+        for batch in batches:
             # The strongest sync peak's neighbourhood first: on a marked image it almost always
             # holds the mark, and a 9-row Viterbi batch is a fraction of the full one.
-            for rows in (slice(0, 9), slice(9, None)):
+            for rows in (slice(0, FIRST_ROWS), slice(FIRST_ROWS, None)):
                 for frame in reader.code.decode(batch.soft[rows]) if len(batch.soft[rows]) else ():
                     if frame.payload is not None:
-                        name = reader.method.name
-                        name = name if batch.scale == 1.0 else f"{name}@{batch.scale:.3g}x"
-                        return WatermarkReading(
-                            True, frame.payload, round(frame.agreement, 4), name, reader.key_id
-                        )
+                        return _reading(reader, frame, batch.scale)
         return None
+
+    def _batch(self) -> BatchedMarks | None:
+        """The batched torch twin for :attr:`device`, built at first use; None means numpy."""
+        if self._batched is False and self.device == "cpu":
+            self._batched = None  # numpy: torch is not imported at all
+        elif self._batched is False:
+            from consentry.provenance.wm_batch import batched_for
+
+            self._batched = batched_for(self, self.device)
+        return self._batched if not isinstance(self._batched, bool) else None
+
+    def decode_many(self, images: Sequence[Image.Image]) -> list[WatermarkReading]:
+        """:meth:`decode` of each image; batched on the GPU when :attr:`device` says so."""
+        batch = self._batch()
+        return batch.decode(images) if batch is not None else [self.decode(im) for im in images]
+
+    def embed_verified_many(
+        self, images: Sequence[Image.Image], payload: bytes, attempts: int = 3
+    ) -> list[Image.Image]:
+        """:meth:`embed_verified` of each image (all or nothing); batched on the GPU when
+        :attr:`device` says so (then a marked pixel may differ by one grey level from numpy's)."""
+        batch = self._batch()
+        if batch is None:
+            return [self.embed_verified(im, payload, attempts) for im in images]
+        return batch.embed_verified(images, payload, attempts)
 
     def embed_verified(self, image: Image.Image, payload: bytes, attempts: int = 3) -> Image.Image:
         """Embed, then prove the payload still decodes after :func:`simulate_redistribution`

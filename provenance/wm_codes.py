@@ -151,7 +151,11 @@ class PayloadCode:
         """Viterbi-decode each row of ``soft`` (one value per coded bit, > 0 meaning 1) and
         check each CRC. Every row is one attempt at 2**-32 odds of a false match."""
         values = np.atleast_2d(np.asarray(soft, dtype=np.float64))
-        info = viterbi_decode(values, INFO_BITS)
+        return self.frames(viterbi_decode(values, INFO_BITS), values)
+
+    def frames(self, info: NDArray[np.uint8], values: NDArray[np.float64]) -> list[FrameReading]:
+        """The readings of rows already Viterbi-decoded to ``info`` bits (N, 96) from the soft
+        ``values`` (N, 306): the CRC check and the codeword agreement of :meth:`decode`."""
         signs = 2.0 * conv_encode(info).astype(np.float64) - 1.0
         agreement = np.sum(values * signs, axis=1) / np.maximum(np.sum(np.abs(values), axis=1), 1e-12)
         readings = []

@@ -28,6 +28,7 @@ Why this design (figures in ``bench/results/watermark_robustness.md``):
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -112,10 +113,28 @@ def _layout(key: bytes, n_coded: int, tile: int) -> _Layout:
 
 
 def luma(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
-    """BT.601 luma; adding the same value to R, G and B moves it by exactly that value."""
-    import cv2  # imported here: commands that never touch pixels start faster
+    """BT.601 luma as OpenCV's ``RGB2GRAY`` rounds it (15-bit fixed point); adding the same value
+    to R, G and B moves it by exactly that value.
 
-    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    OpenCV is ~5x faster and is used once something imported it (the gate does, for alignment
+    and the embedder's mask); otherwise the same integer arithmetic in numpy gives the same
+    values (tests/provenance/test_wm_torch.py), so a CLI decode of a marked image never pays the
+    ~0.15 s import of OpenCV.
+    """
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None:
+        return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return luma_numpy(rgb)
+
+
+def luma_numpy(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """:func:`luma` without OpenCV: (9798 R + 19235 G + 3735 B + 2**14) >> 15."""
+    y = rgb[..., 0] * np.uint32(9798)
+    y += rgb[..., 1] * np.uint32(19235)
+    y += rgb[..., 2] * np.uint32(3735)
+    y += np.uint32(1 << 14)
+    y >>= np.uint32(15)
+    return y.astype(np.float32)
 
 
 def fold(plane: NDArray[np.float32], tile: int) -> NDArray[np.float64]:
@@ -177,7 +196,11 @@ class TiledSpreadSpectrum:
         ref = np.zeros_like(flat)
         for ring in self._rings:
             ref[ring] = np.median(flat[ring])
-        cut = np.minimum(1.0, OUTLIER * ref / np.maximum(flat, 1e-30)).reshape(raw.shape)
+        # min(1, OUTLIER * ref / flat), except that a bin with no power at all (a flat image)
+        # keeps its weight instead of dividing 0 by 0 (which zeroed every weight and made the
+        # embedder divide by a zero gain).
+        over = flat > OUTLIER * ref
+        cut = np.where(over, OUTLIER * ref / np.maximum(flat, 1e-30), 1.0).reshape(raw.shape)
         return self._lay.weight * cut
 
     def _spectrum(
@@ -254,6 +277,11 @@ class TiledSpreadSpectrum:
         y = luma(rgb)
         if min(y.shape) >= MIN_DECODE_SIDE:
             yield self._candidates_at(*self._sync(y), 1.0)
+        yield from self.rescaled_candidates(y)
+
+    def rescaled_candidates(self, y: NDArray[np.float32]) -> Iterator[Candidates]:
+        """The batches after the original scale's, from the luma plane (the batched decoder of
+        :mod:`provenance.wm_torch` reads the original scale itself and asks for these)."""
         if self.search_scale:
             for scale, spectrum, corr in best_scales(
                 y, self.tile, self._sync, MAX_SCALE_GUESSES, MIN_DECODE_SIDE

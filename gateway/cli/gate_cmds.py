@@ -53,7 +53,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     data = read_file(args.file)
-    from consentry.gateway.cli.render import provenance_text  # imports the watermark code, OpenCV
+    from consentry.gateway.cli.render import provenance_text  # imports the watermark code
 
     async def run(gate: Gate) -> int:
         report = await gate.verify_provenance(local_actor(), data)
