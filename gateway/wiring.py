@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from consentry.detectors.liveness import LivenessCheck, PoseCheck, PoseThresholds, load_liveness_check
 from consentry.gateway import __version__
 from consentry.gateway.admission import Admission
 from consentry.gateway.flow import GenerateFlow, Stages
@@ -21,6 +22,7 @@ from consentry.gateway.models import LazyAnalyzer, LazyGenerator
 from consentry.gateway.personalization import AdapterTraining
 from consentry.gateway.ratelimit import RateLimiter, RedisTokenBuckets, TokenBuckets
 from consentry.gateway.release import ReleaseStage
+from consentry.gateway.self_enrollment import SelfEnrollment
 from consentry.gateway.stages import (
     ConsentStage,
     GenerateStage,
@@ -31,6 +33,7 @@ from consentry.gateway.stages import (
 )
 from consentry.gateway.storage.adapters import Adapters
 from consentry.gateway.storage.audit_log import AuditLog
+from consentry.gateway.storage.challenges import Challenges
 from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.principals import Principals
 from consentry.gateway.storage.records import Records
@@ -153,6 +156,36 @@ def build_stages(
     )
 
 
+def build_liveness_checks(policy: Policy) -> list[LivenessCheck]:
+    """The checks of a self-enrollment answer: the pose challenge, plus the deployment's own
+    model when the policy's ``enrollment.liveness_model`` names one."""
+    rules = policy.enrollment
+    checks: list[LivenessCheck] = [PoseCheck(PoseThresholds(rules.front_max_deg, rules.turn_min_deg))]
+    if rules.liveness_model is not None:
+        checks.append(load_liveness_check(rules.liveness_model, rules.liveness_model_weights))
+    return checks
+
+
+def build_self_enrollment(
+    settings: Settings,
+    policy: Policy,
+    checks: list[LivenessCheck],
+    *,
+    db: Database,
+    audit: AuditLog,
+    subjects: Subjects,
+) -> SelfEnrollment:
+    return SelfEnrollment(
+        challenges=Challenges(db, audit),
+        subjects=subjects,
+        audit=audit,
+        policy=policy,
+        checks=checks,
+        match_threshold=settings.match_threshold,
+        min_face_px=settings.min_enroll_face_px,
+    )
+
+
 def build_rate_limiter(settings: Settings) -> RateLimiter:
     """Shared buckets in Redis when configured (all workers and replicas), else per process."""
     per_minute, burst = settings.rate_limit_per_minute, settings.rate_limit_burst
@@ -186,6 +219,8 @@ async def open_gate(
     """
     # A bad policy file stops the gate before anything is opened or written.
     policy = load_policy(settings.policy_file)
+    # So does a liveness model the policy names that cannot be imported or built.
+    liveness_checks = build_liveness_checks(policy)
     db = Database(settings.database_url)
     await db.migrate()
     keys_dir = settings.keys_dir
@@ -267,6 +302,9 @@ async def open_gate(
             metrics=metrics,
             adapters=adapters,
             training=training,
+            self_enrollment=build_self_enrollment(
+                settings, policy, liveness_checks, db=db, audit=audit, subjects=subjects
+            ),
             models=(lazy_analyzer, lazy_generator),
         )
     )
