@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from consentry.detectors.liveness import LivenessCheck, PoseCheck, PoseThresholds, load_liveness_check
+from consentry.detectors.liveness import (
+    LivenessCheck,
+    PoseCheck,
+    PoseThresholds,
+    draw_poses,
+    load_liveness_check,
+)
 from consentry.gateway import __version__
 from consentry.gateway.admission import Admission
 from consentry.gateway.flow import GenerateFlow, Stages
@@ -22,7 +28,7 @@ from consentry.gateway.models import LazyAnalyzer, LazyGenerator
 from consentry.gateway.personalization import AdapterTraining
 from consentry.gateway.ratelimit import RateLimiter, RedisTokenBuckets, TokenBuckets
 from consentry.gateway.release import ReleaseStage
-from consentry.gateway.self_enrollment import SelfEnrollment
+from consentry.gateway.self_enrollment import DrawPoses, SelfEnrollment
 from consentry.gateway.stages import (
     ConsentStage,
     GenerateStage,
@@ -33,7 +39,7 @@ from consentry.gateway.stages import (
 )
 from consentry.gateway.storage.adapters import Adapters
 from consentry.gateway.storage.audit_log import AuditLog
-from consentry.gateway.storage.challenges import Challenges
+from consentry.gateway.storage.challenges import Challenges, Clock, utc_now
 from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.principals import Principals
 from consentry.gateway.storage.records import Records
@@ -174,15 +180,19 @@ def build_self_enrollment(
     db: Database,
     audit: AuditLog,
     subjects: Subjects,
+    clock: Clock = utc_now,
+    draw: DrawPoses = draw_poses,
 ) -> SelfEnrollment:
+    """``clock`` and ``draw`` (the random pose sequence) are injectable for tests."""
     return SelfEnrollment(
-        challenges=Challenges(db, audit),
+        challenges=Challenges(db, audit, clock),
         subjects=subjects,
         audit=audit,
         policy=policy,
         checks=checks,
         match_threshold=settings.match_threshold,
         min_face_px=settings.min_enroll_face_px,
+        draw=draw,
     )
 
 
