@@ -206,9 +206,9 @@ async def world(
     )
     gate = await open_gate(settings, analyzer=cached, generator=shared_models[1])
     people = [("op", "operator"), ("op2", "operator"), ("studio", "requester")]
-    principals = [(await gate.principals.create(n, r)).principal for n, r in people]
+    op, op2, studio = [(await gate.principals.create(n, r)).principal for n, r in people]
     policy = load_policy(policy_file)
-    world = World(gate, Clock(), *principals, faces_dir, settings, policy)
+    world = World(gate, Clock(), op, op2, studio, faces_dir, settings, policy)
     world.gate = world.rebuilt(build_liveness_checks(policy))
     yield world
     await gate.close()
