@@ -85,7 +85,7 @@ def main() -> None:
     )
     edges = list(range(-60, 61, 10))
     histogram = np.histogram(np.clip(yaw, -59.9, 59.9), bins=edges)[0].tolist()
-    data = {
+    data: dict[str, Any] = {
         "faces": len(rows),
         "paired_with_mirror": len(paired),
         "mirror_error_deg": summary(error),

@@ -104,16 +104,17 @@ class PoseThresholds:
 
 
 def draw_poses(count: int, rng: random.Random | None = None) -> tuple[Pose, ...]:
-    """A random pose sequence: no pose twice in a row, both turns present (so one still photo,
-    or one head turn, cannot answer it). ``rng`` defaults to the operating system's randomness."""
-    if count < 2:
-        raise ConfigurationError(f"a challenge needs at least 2 poses, got {count}")
+    """A random pose sequence with every pose in it and none twice in a row: one still photo,
+    even with its mirror image (the opposite turn), or a single head turn cannot answer it.
+    ``rng`` defaults to the operating system's randomness."""
+    if count < len(Pose):
+        raise ConfigurationError(f"a challenge needs at least {len(Pose)} poses, got {count}")
     rng = rng or random.SystemRandom()
     while True:
         seq = [rng.choice(list(Pose))]
         while len(seq) < count:
             seq.append(rng.choice([p for p in Pose if p is not seq[-1]]))
-        if Pose.left in seq and Pose.right in seq:
+        if set(seq) == set(Pose):
             return tuple(seq)
 
 
@@ -175,7 +176,8 @@ class PoseCheck:
 
 def _unit(rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.float64)
-    return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
+    unit: np.ndarray = rows / np.linalg.norm(rows, axis=-1, keepdims=True)
+    return unit
 
 
 def judge_same_person(frame_embeddings: np.ndarray, threshold: float) -> Verdict:

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from consentry.detectors.index import IdentityScores
     from consentry.gateway.index_cache import IndexCache
 
-
 class ConsentStage:
     """A named subject needs a live grant that lets this principal generate them for this purpose
     and prompt; every request passes the deployment's prompt rules."""

@@ -98,8 +98,8 @@ class EnrollmentPolicy(_Section):
     whose ``[purposes.NAME]`` table says ``require_liveness = true``)."""
     challenge_ttl_s: int = Field(default=120, ge=10, le=120)
     """How long a challenge may be answered (at most two minutes)."""
-    pose_count: int = Field(default=3, ge=2, le=MAX_POSES)
-    """Head poses per challenge, drawn at random (no pose twice in a row, both turns present)."""
+    pose_count: int = Field(default=3, ge=3, le=MAX_POSES)
+    """Head poses per challenge, drawn at random (each of left, front, right; none twice in a row)."""
     front_max_deg: float = Field(default=10.0, gt=0.0, le=20.0)
     """A frame is ``front`` when its estimated head yaw is at most this (degrees, either way)."""
     turn_min_deg: float = Field(default=20.0, ge=10.0, le=60.0)

@@ -78,7 +78,8 @@ class Challenges:
     async def issue(self, issued_to: str, poses: Sequence[str], ttl_s: int) -> IssuedChallenge:
         """Store and audit a new challenge for ``issued_to`` (the audit event has no nonce)."""
         now = self.clock()
-        nonce = secrets.token_urlsafe(32)
+        # Hex: safe in a shell and as a command-line value (base64url may start with '-').
+        nonce = secrets.token_hex(32)
         row = EnrollmentChallenge(
             id=new_id("chl"),
             nonce_sha256=nonce_digest(nonce),

@@ -31,7 +31,7 @@ async def test_self_enrollment_over_http(
     assert r.status_code == 201, r.text
     challenge = r.json()
     assert challenge["challenge_id"].startswith("chl_") and len(challenge["nonce"]) >= 40
-    assert len(challenge["poses"]) == 3 and {"left", "right"} <= set(challenge["poses"])
+    assert sorted(challenge["poses"]) == ["front", "left", "right"]
     expires = datetime.fromisoformat(challenge["expires_at"])
     assert timedelta(seconds=100) < expires - datetime.now(UTC) <= timedelta(seconds=120)
     body = {
