@@ -66,6 +66,8 @@ if TYPE_CHECKING:
     from consentry.gateway.index_cache import IndexCache
     from consentry.gateway.models import Loadable
     from consentry.gateway.personalization import AdapterTraining, Progress
+    from consentry.gateway.self_enrollment import SelfEnrollment
+    from consentry.gateway.storage.challenges import IssuedChallenge
 
 log = logging.getLogger("consentry.gate")
 
@@ -99,6 +101,7 @@ class GateParts:
     metrics: GateMetrics
     adapters: Adapters
     training: AdapterTraining
+    self_enrollment: SelfEnrollment
     models: Sequence[Loadable] = ()
     """Models to load at warm-up and release at close (lazy holders of analyzer and generator)."""
 
@@ -170,26 +173,48 @@ class Gate:
 
     # -- enrollment and consent -----------------------------------------------------------------
 
+    async def enrollment_challenge(self, actor: PrincipalView) -> IssuedChallenge:
+        """A one-time self-enrollment challenge (head poses, nonce, expiry) for ``actor``."""
+        require(actor.role, Action.enrollment_challenge)
+        return await self.parts.self_enrollment.issue(actor)
+
     async def enroll(self, actor: PrincipalView, req: EnrollmentRequest) -> IdentityView:
         from consentry.detectors.enrollment import enrollment_templates
 
         require(actor.role, Action.enroll)
         s = self.settings
-        images = await self._decode(req.photos)
+        liveness, answer = self.parts.self_enrollment, req.liveness
+        challenge = await liveness.open(actor, answer) if answer is not None else None
+        frames = answer.frames if answer is not None else ()
+        # Photos and frames in one decode and one analyzer call.
+        images = await self._decode([*req.photos, *frames])
         analyzed = await asyncio.to_thread(self.analyzer.analyze, images)
+        n = len(req.photos)
         existing = await self.parts.index.get()
         templates = await asyncio.to_thread(
             enrollment_templates,
-            analyzed,
+            analyzed[:n],
             min_photos=s.min_enroll_photos,
             min_face_px=s.min_enroll_face_px,
             threshold=s.match_threshold,
             existing=existing,
         )
         embedder = self.analyzer.embedder.name
-        details = {"embedder": embedder, "photos": len(images)}
+        details = {"embedder": embedder, "photos": n}
         photos = req.photos if req.keep_photos else ()
-        return await self.subjects.enroll(req.label, templates, embedder, actor.id, details, photos=photos)
+        if challenge is None or answer is None:
+            return await self.subjects.enroll(
+                req.label, templates, embedder, actor.id, details, photos=photos
+            )
+        proof = await liveness.prove(actor, challenge, answer, images[n:], analyzed[n:], templates)
+        return await liveness.enroll(
+            actor,
+            proof,
+            answer,
+            lambda attested, spend, more: self.subjects.enroll(
+                req.label, templates, embedder, actor.id, details | more, photos, attested, spend
+            ),
+        )
 
     async def grant(self, actor: PrincipalView, req: GrantRequest) -> GrantTerms:
         require(actor.role, Action.grant)
@@ -201,21 +226,27 @@ class Gate:
             grantee = await self.principals.get(req.principal)
         except NotFoundError:
             grantee = await self.principals.by_name(req.principal)
+        purposes = [p.value for p in req.purposes]
+        attested = await self.parts.self_enrollment.grant_attestation(actor, req.identity_id, purposes)
         evidence = {
             "attested_by": req.attested_by,
             "attested_at": datetime.now(UTC).isoformat(),
             "consent_text_sha256": req.consent_text_sha256,
+            "attestation": attested.kind,
+            "liveness_challenge_id": attested.challenge_id,
+            "liveness_evidence_sha256": attested.evidence_sha256,
         }
         return await self.subjects.grant(
             identity_id=req.identity_id,
             principal_id=grantee.id,
-            purposes=[p.value for p in req.purposes],
+            purposes=purposes,
             deny_terms=list(req.deny_terms),
             expires_at=req.expires_at,
             max_uses=req.max_uses,
             evidence=evidence,
             actor=actor.id,
             use_enrollment_photos=req.use_enrollment_photos,
+            attestation=attested.kind,
         )
 
     async def erase(self, actor: PrincipalView, identity_id: str) -> dict[str, int]:

@@ -15,6 +15,17 @@ from consentry.policies.consent import Purpose
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LivenessAnswer:
+    """The answer to a self-enrollment challenge: one frame per requested pose, in order."""
+
+    challenge_id: str
+    nonce: str
+    """The secret returned with the challenge, to the principal that asked for it."""
+    frames: tuple[bytes, ...]
+    """Image files of the person being enrolled, unmirrored, each showing the pose asked."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EnrollmentRequest:
     """Enroll one protected person from photos that each show exactly that person."""
 
@@ -25,6 +36,9 @@ class EnrollmentRequest:
     keep_photos: bool = False
     """Keep the photos, encrypted under the identity's data key, so that an ``adapter_training``
     grant with ``use_enrollment_photos`` can train on them; erasure destroys them."""
+    liveness: LivenessAnswer | None = None
+    """With an answer to a challenge: the person enrolls themself and proves presence; the
+    identity is then ``self_attested_with_liveness`` (else ``operator_attested``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

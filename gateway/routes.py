@@ -18,6 +18,7 @@ from consentry.gateway.schemas import (
     AdapterListOut,
     AdapterOut,
     AuditReportOut,
+    ChallengeOut,
     DeletedOut,
     EnrollBody,
     ErasedOut,
@@ -37,6 +38,7 @@ from consentry.gateway.schemas import (
 )
 from consentry.gateway.storage.adapters import AdapterView
 from consentry.gateway.storage.principals import PrincipalView
+from consentry.policies.consent import Attestation
 
 PathId = Parameter(max_length=40)
 
@@ -125,10 +127,27 @@ class ConsentController(Controller):
     path = "/v1"
     tags = ["consent"]
 
-    @post("/identities", summary="Enroll a protected identity from photos")
+    @post(
+        "/enrollments/challenges",
+        summary="A one-time self-enrollment challenge: head poses to show, a nonce, two minutes",
+    )
+    async def challenge(self, gate: Gate, principal: PrincipalView) -> ChallengeOut:
+        issued = await gate.enrollment_challenge(principal)
+        return ChallengeOut(
+            challenge_id=issued.id, nonce=issued.nonce, expires_at=issued.expires_at, poses=list(issued.poses)
+        )
+
+    @post(
+        "/identities", summary="Enroll a protected identity from photos (with a liveness answer: self-enroll)"
+    )
     async def enroll(self, data: EnrollBody, gate: Gate, principal: PrincipalView) -> IdentityOut:
-        identity = await gate.enroll(principal, data.to_request())
-        return IdentityOut(id=identity.id, label=identity.label, status=identity.status)
+        req = data.to_request()
+        identity = await gate.enroll(principal, req)
+        # A liveness answer either enrolled a self-attested identity or raised.
+        attested = (
+            Attestation.operator_attested if req.liveness is None else Attestation.self_attested_with_liveness
+        )
+        return IdentityOut(id=identity.id, label=identity.label, status=identity.status, attestation=attested)
 
     @post("/identities/{identity_id:str}/erase", summary="Erase an identity (crypto-shred its templates)")
     async def erase(self, gate: Gate, principal: PrincipalView, identity_id: str = PathId) -> ErasedOut:
@@ -145,6 +164,7 @@ class ConsentController(Controller):
             purposes=list(g.purposes),
             expires_at=g.expires_at,
             max_uses=g.max_uses,
+            attestation=Attestation(g.attestation),
         )
 
     @post("/grants/{grant_id:str}/revoke", summary="Revoke a grant; effective on the next request")

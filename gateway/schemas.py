@@ -12,12 +12,12 @@ import binascii
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from consentry.gateway import requests as core
 from consentry.generation.base import GenerationMode
 from consentry.policies import codes
-from consentry.policies.consent import Purpose
+from consentry.policies.consent import Attestation, Purpose
 from consentry.policies.errors import BadInputError
 from consentry.policies.limits import (
     MAX_ENROLL_PHOTOS,
@@ -31,6 +31,7 @@ from consentry.policies.limits import (
     MIN_SIDE,
     SIDE_MULTIPLE,
 )
+from consentry.policies.policy import MAX_POSES
 
 B64Image = Annotated[str, Field(min_length=1, max_length=30_000_000, description="base64-encoded image file")]
 Id = Annotated[str, Field(min_length=1, max_length=40)]
@@ -62,10 +63,36 @@ class EnrollBody(Strict):
         default=False,
         description="keep the photos, encrypted under the identity's key, for adapter training",
     )
+    # Self-enrollment: the answer to POST /v1/enrollments/challenges (all three, or none).
+    challenge_id: Id | None = Field(default=None, description="self-enrollment: the challenge answered")
+    nonce: str | None = Field(
+        default=None, min_length=1, max_length=200, description="self-enrollment: the challenge's nonce"
+    )
+    frames: list[B64Image] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_POSES,
+        description="self-enrollment: one unmirrored frame of the person per requested pose, in order",
+    )
+
+    @model_validator(mode="after")
+    def _whole_answer(self) -> EnrollBody:
+        given = [self.challenge_id is not None, self.nonce is not None, self.frames is not None]
+        if any(given) and not all(given):
+            raise ValueError("a self-enrollment answer needs challenge_id, nonce and frames together")
+        return self
 
     def to_request(self) -> core.EnrollmentRequest:
+        liveness = None
+        if self.challenge_id is not None and self.nonce is not None and self.frames is not None:
+            liveness = core.LivenessAnswer(
+                challenge_id=self.challenge_id, nonce=self.nonce, frames=_files(self.frames, "frame")
+            )
         return core.EnrollmentRequest(
-            label=self.label, photos=_files(self.photos, "photo"), keep_photos=self.keep_photos
+            label=self.label,
+            photos=_files(self.photos, "photo"),
+            keep_photos=self.keep_photos,
+            liveness=liveness,
         )
 
 
@@ -223,6 +250,16 @@ class IdentityOut(BaseModel):
     id: str
     label: str
     status: str
+    attestation: Attestation = Field(
+        default=Attestation.operator_attested, description="how the person was attested"
+    )
+
+
+class ChallengeOut(BaseModel):
+    challenge_id: str
+    nonce: str = Field(description="send it back with the answer; shown once, stored only as a hash")
+    expires_at: datetime = Field(description="answer before this time (at most two minutes)")
+    poses: list[str] = Field(description="left, front or right (the subject's own), one frame each, in order")
 
 
 class ErasedOut(BaseModel):
@@ -242,6 +279,10 @@ class GrantOut(BaseModel):
     purposes: list[str]
     expires_at: datetime | None
     max_uses: int | None
+    attestation: Attestation = Field(
+        default=Attestation.operator_attested,
+        description="how the subject was attested when the grant was recorded",
+    )
 
 
 class VerdictOut(BaseModel):

@@ -11,6 +11,13 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from consentry.detectors.liveness import (
+    LivenessCheck,
+    PoseCheck,
+    PoseThresholds,
+    draw_poses,
+    load_liveness_check,
+)
 from consentry.gateway import __version__
 from consentry.gateway.admission import Admission
 from consentry.gateway.flow import GenerateFlow, Stages
@@ -21,6 +28,7 @@ from consentry.gateway.models import LazyAnalyzer, LazyGenerator, LazyPromptRule
 from consentry.gateway.personalization import AdapterTraining
 from consentry.gateway.ratelimit import RateLimiter, RedisTokenBuckets, TokenBuckets
 from consentry.gateway.release import ReleaseStage
+from consentry.gateway.self_enrollment import DrawPoses, SelfEnrollment
 from consentry.gateway.stages import (
     ConsentStage,
     ContentStage,
@@ -32,6 +40,7 @@ from consentry.gateway.stages import (
 )
 from consentry.gateway.storage.adapters import Adapters
 from consentry.gateway.storage.audit_log import AuditLog
+from consentry.gateway.storage.challenges import Challenges, Clock, utc_now
 from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.principals import Principals
 from consentry.gateway.storage.records import Records
@@ -189,6 +198,40 @@ def build_prompt_rule(
     return LazyPromptRule(bundled)
 
 
+def build_liveness_checks(policy: Policy) -> list[LivenessCheck]:
+    """The checks of a self-enrollment answer: the pose challenge, plus the deployment's own
+    model when the policy's ``enrollment.liveness_model`` names one."""
+    rules = policy.enrollment
+    checks: list[LivenessCheck] = [PoseCheck(PoseThresholds(rules.front_max_deg, rules.turn_min_deg))]
+    if rules.liveness_model is not None:
+        checks.append(load_liveness_check(rules.liveness_model, rules.liveness_model_weights))
+    return checks
+
+
+def build_self_enrollment(
+    settings: Settings,
+    policy: Policy,
+    checks: list[LivenessCheck],
+    *,
+    db: Database,
+    audit: AuditLog,
+    subjects: Subjects,
+    clock: Clock = utc_now,
+    draw: DrawPoses = draw_poses,
+) -> SelfEnrollment:
+    """``clock`` and ``draw`` (the random pose sequence) are injectable for tests."""
+    return SelfEnrollment(
+        challenges=Challenges(db, audit, clock),
+        subjects=subjects,
+        audit=audit,
+        policy=policy,
+        checks=checks,
+        match_threshold=settings.match_threshold,
+        min_face_px=settings.min_enroll_face_px,
+        draw=draw,
+    )
+
+
 def build_rate_limiter(settings: Settings) -> RateLimiter:
     """Shared buckets in Redis when configured (all workers and replicas), else per process."""
     per_minute, burst = settings.rate_limit_per_minute, settings.rate_limit_burst
@@ -226,6 +269,8 @@ async def open_gate(
     """
     # A bad policy file stops the gate before anything is opened or written.
     policy = load_policy(settings.policy_file)
+    # So does a liveness model the policy names that cannot be imported or built.
+    liveness_checks = build_liveness_checks(policy)
     db = Database(settings.database_url)
     await db.migrate()
     keys_dir = settings.keys_dir
@@ -318,6 +363,9 @@ async def open_gate(
             metrics=metrics,
             adapters=adapters,
             training=training,
+            self_enrollment=build_self_enrollment(
+                settings, policy, liveness_checks, db=db, audit=audit, subjects=subjects
+            ),
             models=models,
         )
     )

@@ -158,6 +158,22 @@ ADAPTER_INTERRUPTED = "adapter.interrupted"
 ADAPTER_UNREADABLE = "adapter.unreadable"
 ADAPTER_UNSUPPORTED = "adapter.unsupported"
 
+# -- liveness: self-enrollment with a liveness proof (issue 13, line 2) ---------------------------
+# Refusals of a challenge answer (403, audited as enrollment.liveness_refused).
+LIVENESS_UNKNOWN_CHALLENGE = "liveness.unknown_challenge"
+LIVENESS_EXPIRED = "liveness.expired"
+LIVENESS_REPLAYED = "liveness.replayed"
+LIVENESS_FACE_COUNT = "liveness.face_count"
+LIVENESS_POSE_MISMATCH = "liveness.pose_mismatch"
+LIVENESS_PERSON_CHANGED = "liveness.person_changed"
+LIVENESS_REFERENCE_MISMATCH = "liveness.reference_mismatch"
+LIVENESS_MODEL_REFUSED = "liveness.model_refused"
+# Input (400) and configuration.
+LIVENESS_FRAME_COUNT = "liveness.frame_count"
+LIVENESS_MODEL_INVALID = "liveness.model_invalid"
+# A grant for a purpose the policy reserves for subjects who self-enrolled with a liveness proof.
+CONSENT_LIVENESS_REQUIRED = "consent.liveness_required"
+
 # -- upstream: the HTTP image service the gate forwards approved jobs to (faults, 503) ----------
 UPSTREAM_UNAVAILABLE = "upstream.unavailable"
 UPSTREAM_TIMEOUT = "upstream.timeout"

@@ -24,6 +24,15 @@ class Purpose(StrEnum):
     """Train a LoRA adapter of the subject's likeness (a grant to the principal who trains it)."""
 
 
+class Attestation(StrEnum):
+    """How the subject behind an identity (and so its grants) was attested."""
+
+    operator_attested = "operator_attested"
+    """An operator enrolled the photos and vouches for the person."""
+    self_attested_with_liveness = "self_attested_with_liveness"
+    """The person enrolled themself and proved presence by answering a pose challenge."""
+
+
 @dataclass(frozen=True, slots=True)
 class GrantTerms:
     """The parts of a stored grant that decide a request."""
@@ -40,6 +49,8 @@ class GrantTerms:
     use_enrollment_photos: bool = False
     """An ``adapter_training`` grant may let the adapter learn from the photos kept at enrollment;
     otherwise training needs photos supplied with the request."""
+    attestation: str = Attestation.operator_attested.value
+    """How the subject was attested when the grant was recorded (an :class:`Attestation`)."""
 
     def summary(self) -> str:
         return f"grant {self.id} is live and covers this request"

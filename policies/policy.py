@@ -9,6 +9,7 @@ audit event and every C2PA manifest, so each decision names the rules it was tak
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -108,13 +109,40 @@ class ContentPolicy(_Section):
     always refused (``output.explicit_with_likeness``)."""
 
 
+MAX_POSES = 6
+"""Most head poses one challenge asks for (and frames one answer carries)."""
+
+
 class EnrollmentPolicy(_Section):
-    """Self-enrollment: the person being enrolled proves they are present."""
+    """Self-enrollment: the person being enrolled proves they are present by answering a one-time
+    challenge (a random sequence of head poses) with frames of themself."""
 
     require_liveness_for: list[Purpose] = Field(default_factory=list)
-    """Purposes whose grants need a self-enrollment with a liveness proof."""
+    """Purposes whose grants need a self-enrollment with a liveness proof (as does any purpose
+    whose ``[purposes.NAME]`` table says ``require_liveness = true``)."""
     challenge_ttl_s: int = Field(default=120, ge=10, le=120)
     """How long a challenge may be answered (at most two minutes)."""
+    pose_count: int = Field(default=3, ge=3, le=MAX_POSES)
+    """Head poses per challenge, drawn at random (each of left, front, right; none twice in a row)."""
+    front_max_deg: float = Field(default=10.0, gt=0.0, le=20.0)
+    """A frame is ``front`` when its estimated head yaw is at most this (degrees, either way)."""
+    turn_min_deg: float = Field(default=20.0, ge=10.0, le=60.0)
+    """A frame is ``left`` / ``right`` when its estimated yaw is at least this toward that side;
+    between ``front_max_deg`` and this is a dead band that matches no pose."""
+    liveness_model: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    """A stronger check added to the pose challenge: ``package.module:factory``, called at gate
+    start with ``liveness_model_weights`` and returning a ``LivenessCheck``
+    (``consentry.detectors.liveness``). None: the pose challenge alone."""
+    liveness_model_weights: Path | None = None
+    """The file or folder the ``liveness_model`` factory loads (its weights)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EnrollmentPolicy:
+        if self.front_max_deg >= self.turn_min_deg:
+            raise ValueError("front_max_deg must be below turn_min_deg (the dead band lies between)")
+        if self.liveness_model_weights is not None and self.liveness_model is None:
+            raise ValueError("liveness_model_weights needs liveness_model")
+        return self
 
 
 class Policy(_Section):
@@ -126,6 +154,12 @@ class Policy(_Section):
     purposes: dict[Purpose, PurposeRules] = Field(default_factory=dict)
     content: ContentPolicy = Field(default_factory=ContentPolicy)
     enrollment: EnrollmentPolicy = Field(default_factory=EnrollmentPolicy)
+
+    def liveness_required(self, purposes: Iterable[str]) -> list[Purpose]:
+        """Those of ``purposes`` whose grants need a self-enrollment with a liveness proof."""
+        required = set(self.enrollment.require_liveness_for)
+        required |= {p for p, rules in self.purposes.items() if rules.require_liveness}
+        return sorted({Purpose(p) for p in purposes} & required)
 
     def deny_terms_for(self, purpose: str | None) -> tuple[str, ...]:
         """The deployment's deny terms, plus the purpose's own when the request names one."""

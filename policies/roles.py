@@ -18,6 +18,7 @@ class Role(StrEnum):
 class Action(StrEnum):
     manage_principals = "manage_principals"
     enroll = "enroll"
+    enrollment_challenge = "enrollment_challenge"
     grant = "grant"
     revoke = "revoke"
     erase = "erase"
@@ -35,6 +36,9 @@ class Action(StrEnum):
 PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.manage_principals: frozenset({Role.admin}),
     Action.enroll: frozenset({Role.admin, Role.operator}),
+    # A self-enrollment app (kiosk, onboarding flow) holds an operator key: it asks for the
+    # challenge and sends the person's answer; the liveness proof, not the key, attests the person.
+    Action.enrollment_challenge: frozenset({Role.admin, Role.operator}),
     Action.grant: frozenset({Role.admin, Role.operator}),
     Action.revoke: frozenset({Role.admin, Role.operator}),
     Action.erase: frozenset({Role.admin, Role.operator}),

@@ -32,6 +32,7 @@ HANDLERS: dict[str, str] = {
     "models_tiny": "setup_cmds:cmd_models_tiny",
     "principal_add": "consent_cmds:cmd_principal_add",
     "enroll": "consent_cmds:cmd_enroll",
+    "enrollments_challenge": "consent_cmds:cmd_enrollments_challenge",
     "grant": "consent_cmds:cmd_grant",
     "revoke": "consent_cmds:cmd_revoke",
     "erase": "consent_cmds:cmd_erase",

@@ -10,8 +10,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from consentry.gateway.cli.common import local_actor, parse_time, read_file, read_files, with_gate
-from consentry.gateway.requests import EnrollmentRequest
+from consentry.gateway.requests import EnrollmentRequest, LivenessAnswer
 from consentry.policies import codes
+from consentry.policies.consent import Attestation
 from consentry.policies.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -49,14 +50,45 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         raise BadInputError(
             "enroll needs --label and photo files (or --library DIR)", code=codes.INPUT_INVALID
         )
-    req = EnrollmentRequest(label=args.label, photos=read_files(args.photos), keep_photos=args.keep_photos)
+    answer = [args.challenge is not None, args.nonce is not None, bool(args.frame)]
+    if any(answer) and not all(answer):
+        raise BadInputError(
+            "a self-enrollment answer needs --challenge, --nonce and --frame together",
+            code=codes.INPUT_INVALID,
+        )
+    liveness = None
+    if all(answer):
+        liveness = LivenessAnswer(
+            challenge_id=args.challenge, nonce=args.nonce, frames=read_files(args.frame)
+        )
+    req = EnrollmentRequest(
+        label=args.label, photos=read_files(args.photos), keep_photos=args.keep_photos, liveness=liveness
+    )
 
     async def run(gate: Gate) -> int:
         identity = await gate.enroll(local_actor(), req)
-        print(json.dumps({"id": identity.id, "label": identity.label, "photos": len(req.photos)}))
+        shown: dict[str, object] = {"id": identity.id, "label": identity.label, "photos": len(req.photos)}
+        if liveness is not None:
+            shown["attestation"] = Attestation.self_attested_with_liveness.value
+        print(json.dumps(shown))
         return 0
 
     return asyncio.run(with_gate(run, models=True))
+
+
+def cmd_enrollments_challenge(args: argparse.Namespace) -> int:
+    async def run(gate: Gate) -> int:
+        issued = await gate.enrollment_challenge(local_actor())
+        shown = {
+            "challenge_id": issued.id,
+            "nonce": issued.nonce,
+            "expires_at": issued.expires_at.isoformat(),
+            "poses": list(issued.poses),
+        }
+        print(json.dumps(shown))
+        return 0
+
+    return asyncio.run(with_gate(run))
 
 
 def cmd_grant(args: argparse.Namespace) -> int:

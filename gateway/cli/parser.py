@@ -84,6 +84,24 @@ def build(handlers: Mapping[str, object]) -> argparse.ArgumentParser:
         action="store_true",
         help="keep the photos (encrypted under the identity's key) for adapter training",
     )
+    enroll.add_argument("--challenge", metavar="ID", help="self-enrollment: the challenge answered (chl_…)")
+    enroll.add_argument("--nonce", metavar="N", help="self-enrollment: the challenge's nonce")
+    enroll.add_argument(
+        "--frame",
+        action="append",
+        metavar="FILE",
+        help="self-enrollment: a frame of the person per requested pose, in order (repeatable)",
+    )
+
+    enrollments = sub.add_parser("enrollments", help="Self-enrollment").add_subparsers(
+        dest="enrollments_command", required=True
+    )
+    command(
+        "challenge",
+        "enrollments_challenge",
+        "Issue a one-time self-enrollment challenge (head poses, nonce, expiry) as JSON",
+        enrollments,
+    )
 
     erase = command("erase", "erase", "Erase an identity: crypto-shred its templates, revoke its grants")
     erase.add_argument("identity", help="identity id (idn_…)")

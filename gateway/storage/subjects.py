@@ -34,7 +34,7 @@ from consentry.gateway.storage.tables import (
 )
 from consentry.gateway.storage.vault import TemplateVault
 from consentry.policies import codes
-from consentry.policies.consent import GrantTerms, Purpose
+from consentry.policies.consent import Attestation, GrantTerms, Purpose
 from consentry.policies.errors import BadInputError, ConflictError, NotFoundError, StageError
 from consentry.provenance.audit import ChainedEvent
 
@@ -48,6 +48,17 @@ class IdentityView:
     label: str
     status: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityAttestation:
+    """How an identity's person was attested at enrollment. With a liveness proof:
+    ``self_attested_with_liveness``, the challenge it answered and the SHA-256 of the proof's
+    record (the record itself is in the ``identity.enrolled`` audit event)."""
+
+    kind: str = Attestation.operator_attested.value
+    challenge_id: str | None = None
+    evidence_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +81,7 @@ def _terms(g: Grant) -> GrantTerms:
         uses=g.uses,
         revoked_at=g.revoked_at,
         use_enrollment_photos=g.use_enrollment_photos,
+        attestation=g.attestation,
     )
 
 
@@ -102,8 +114,13 @@ class Subjects:
         actor: str,
         details: dict[str, Any],
         photos: Sequence[bytes] = (),
+        attestation: IdentityAttestation | None = None,
+        also: UnitOfWork | None = None,
     ) -> IdentityView:
-        """``photos``: the photos to keep (sealed) for later adapter training; none by default."""
+        """``photos``: the photos to keep (sealed) for later adapter training; none by default.
+        ``attestation``: how the person was attested (default: by the operator); ``also``
+        writes more rows in the enrollment's transaction (spending a liveness challenge)."""
+        attested = attestation or IdentityAttestation()
         label = label.strip()
         if not label or len(label) > 200:
             raise BadInputError("a label needs 1-200 characters", code=codes.IDENTITY_LABEL_INVALID)
@@ -111,9 +128,18 @@ class Subjects:
         identity_id = new_id("idn")
         wrapped = self.vault.new_data_key(identity_id)
 
-        async def write(session: AsyncSession, _event: ChainedEvent) -> None:
+        async def write(session: AsyncSession, event: ChainedEvent) -> None:
             session.add(
-                Identity(id=identity_id, label=label, status="active", data_key=wrapped, created_at=now)
+                Identity(
+                    id=identity_id,
+                    label=label,
+                    status="active",
+                    data_key=wrapped,
+                    created_at=now,
+                    attestation=attested.kind,
+                    liveness_challenge_id=attested.challenge_id,
+                    evidence_sha256=attested.evidence_sha256,
+                )
             )
             await session.flush()
             for row in embeddings:
@@ -128,6 +154,8 @@ class Subjects:
                 session.add(
                     EnrollmentPhoto(identity_id=identity_id, ciphertext=sealed, sha256=digest, created_at=now)
                 )
+            if also is not None:
+                await also(session, event)
 
         body = {
             "identity_id": identity_id,
@@ -135,6 +163,7 @@ class Subjects:
             "templates": len(embeddings),
             **details,
             "photos_kept": len(photos),
+            "attestation": attested.kind,
         }
         await self.audit.append("identity.enrolled", body, also=write)
         return IdentityView(identity_id, label, "active", now)
@@ -145,6 +174,13 @@ class Subjects:
         if row is None:
             raise NotFoundError(f"no identity {identity_id}", code=codes.IDENTITY_NOT_FOUND)
         return IdentityView(row.id, row.label, row.status, row.created_at)
+
+    async def attestation_of(self, identity_id: str) -> IdentityAttestation:
+        async with self.db.session() as session:
+            row = await session.get(Identity, identity_id)
+        if row is None:
+            raise NotFoundError(f"no identity {identity_id}", code=codes.IDENTITY_NOT_FOUND)
+        return IdentityAttestation(row.attestation, row.liveness_challenge_id, row.evidence_sha256)
 
     async def enrollment_photos(self, identity_id: str) -> list[bytes]:
         """The photos kept at enrollment, decrypted (in memory only), in enrollment order."""
@@ -219,6 +255,7 @@ class Subjects:
         evidence: dict[str, Any],
         actor: str,
         use_enrollment_photos: bool = False,
+        attestation: str = Attestation.operator_attested.value,
     ) -> GrantTerms:
         unknown = sorted(set(purposes) - {p.value for p in Purpose})
         if not purposes or unknown:
@@ -250,6 +287,7 @@ class Subjects:
             evidence=evidence,
             created_at=datetime.now(UTC),
             use_enrollment_photos=use_enrollment_photos,
+            attestation=attestation,
         )
 
         async def write(session: AsyncSession, _event: ChainedEvent) -> None:
@@ -261,6 +299,7 @@ class Subjects:
             "principal_id": principal_id,
             "purposes": row.purposes,
             "use_enrollment_photos": use_enrollment_photos,
+            "attestation": attestation,
             "actor": actor,
         }
         await self.audit.append("grant.created", body, also=write)

@@ -25,6 +25,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+OPERATOR_ATTESTED = "operator_attested"
+"""The server default of ``attestation`` columns: rows made before self-enrollment existed."""
+
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: DateTime(timezone=True)}
@@ -62,6 +65,11 @@ class Identity(Base):
     data_key: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime]
     erased_at: Mapped[datetime | None]
+    # How the person was attested at enrollment (policies.consent.Attestation); with a liveness
+    # proof, the challenge it answered and the SHA-256 of the proof's record (audited in full).
+    attestation: Mapped[str] = mapped_column(String(40), server_default=OPERATOR_ATTESTED)
+    liveness_challenge_id: Mapped[str | None] = mapped_column(String(40))
+    evidence_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class Template(Base):
@@ -93,6 +101,8 @@ class Grant(Base):
     # Only meaningful with the adapter_training purpose: training may use the photos kept at
     # enrollment instead of photos sent with the request.
     use_enrollment_photos: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The identity's attestation when the grant was recorded (also in ``evidence``).
+    attestation: Mapped[str] = mapped_column(String(40), server_default=OPERATOR_ATTESTED)
 
 
 class EnrollmentPhoto(Base):
@@ -133,6 +143,24 @@ class Adapter(Base):
     updated_at: Mapped[datetime]
     """The training heartbeat: a "training" row whose heartbeat is stale was interrupted."""
     finished_at: Mapped[datetime | None]
+
+
+class EnrollmentChallenge(Base):
+    """A one-time self-enrollment challenge: head poses to show within ``expires_at``. The nonce
+    is stored only as its SHA-256; ``used_at`` is set by the one answer it accepts, passed
+    (``identity_id``) or refused (``refused_code``)."""
+
+    __tablename__ = "enrollment_challenges"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    nonce_sha256: Mapped[str] = mapped_column(String(64))
+    poses: Mapped[list[str]]
+    issued_to: Mapped[str] = mapped_column(String(40))
+    """The principal that asked (not a foreign key: the local CLI actor has no row)."""
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    identity_id: Mapped[str | None] = mapped_column(ForeignKey("identities.id"))
+    refused_code: Mapped[str | None] = mapped_column(String(60))
 
 
 class GenerationRecord(Base):

@@ -110,6 +110,7 @@ def test_key_and_watermark_commands_import_no_model_library(workdir: Path) -> No
         ],
         ["generate", "--as", "studio", "--prompt", "a cat", "--reference", "missing.png"],
         ["enroll", "--label", "A"],
+        ["enroll", "--label", "A", "missing.jpg", "--challenge", "chl_x"],  # half a liveness answer
     ],
 )
 def test_input_errors_found_before_the_gate_import_nothing_heavy(workdir: Path, argv: list[str]) -> None:
@@ -120,6 +121,7 @@ def test_gate_commands_import_no_heavy_library(workdir: Path) -> None:
     # open_gate makes the watermarker, but OpenCV is imported only when pixels are read or marked.
     assert probe(workdir, "audit", "verify") == (0, [])
     assert probe(workdir, "principal", "add", "x", "--role", "requester") == (0, [])
+    assert probe(workdir, "enrollments", "challenge") == (0, [])
 
 
 def test_gate_commands_on_a_migrated_database_import_no_server_library(workdir: Path) -> None:

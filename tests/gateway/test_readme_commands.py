@@ -388,6 +388,33 @@ def check_key_revoked(r: Result, c: Ctx) -> None:  # it fails from the next requ
     assert (c["http"]["extra_before"], c["http"]["extra_after"]) == (200, 401)
 
 
+def check_challenge(r: Result, c: Ctx) -> None:  # one-time: poses, a nonce, at most two minutes
+    from datetime import UTC, datetime, timedelta
+
+    shown = one_json(r)
+    assert shown["challenge_id"].startswith("chl_") and len(shown["nonce"]) >= 40
+    assert sorted(shown["poses"]) == ["front", "left", "right"]
+    assert datetime.fromisoformat(shown["expires_at"]) - datetime.now(UTC) <= timedelta(seconds=120)
+
+
+def self_enrollment(c: Ctx) -> list[str]:
+    """Hugo Chavez's photos, and for each pose asked his LFW photo that shows it (measured yaw:
+    0003 +39.6 = his left, 0010 -4.0 = front, 0006 -24.4 = his right)."""
+    shown = {"left": 3, "front": 10, "right": 6}
+    frames = [
+        arg for pose in c["challenge"]["poses"] for arg in ("--frame", lfw(c, "Hugo_Chavez", shown[pose]))
+    ]
+    photos = [lfw(c, "Hugo_Chavez", n) for n in (1, 2, 4, 5)]
+    return ["--label", "Hugo", *photos, "--challenge", c["challenge"]["challenge_id"],
+            "--nonce", c["challenge"]["nonce"], *frames]  # fmt: skip
+
+
+def check_self_enrolled(r: Result, c: Ctx) -> None:
+    shown = one_json(r)
+    assert shown["id"].startswith("idn_") and (shown["label"], shown["photos"]) == ("Hugo", 4)
+    assert shown["attestation"] == "self_attested_with_liveness"
+
+
 # -- the script, in order -------------------------------------------------------------------------
 
 GENERATE = ["--as", "studio", "--purpose", "portrait", "--prompt"]
@@ -425,6 +452,11 @@ STEPS = [
     Step("generate_denied_term", ("generate",),
          lambda c: [*GENERATE, "a gore portrait", "--subject", c["idn"]],
          code=3, check=refused("consent.prompt_denied")),
+    # Self-enrollment: a challenge, answered once; the same answer again is a replay.
+    Step("enrollments_challenge", ("enrollments", "challenge"), check=check_challenge,
+         keep=lambda r, c: c.update(challenge=r.json())),
+    Step("enroll_self", ("enroll",), self_enrollment, check=check_self_enrolled),
+    Step("enroll_self_replayed", ("enroll",), self_enrollment, code=3, check=refused("liveness.replayed")),
     # Personalization: Jacques keeps his enrollment photos and grants studio adapter training.
     Step("enroll_keep_photos", ("enroll",),
          lambda c: ["--label", "Jacques", "--keep-photos", *(lfw(c, "Jacques_Chirac", n) for n in (1, 2, 3))],

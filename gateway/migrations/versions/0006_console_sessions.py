@@ -10,7 +10,7 @@ read a few hundred counts instead of every event. The copies and counts are not 
 still covers the body alone, so this migration changes no event's hash.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 """
 
 import sqlalchemy as sa
@@ -19,7 +19,7 @@ from alembic import op
 from consentry.gateway.storage.audit_index import COLUMNS, WIDTHS
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
