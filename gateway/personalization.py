@@ -91,8 +91,12 @@ class AdapterTraining:
         index: IndexCache,
         trainer: Callable[[], AdapterTrainer | None],
         decode: Callable[[Sequence[bytes]], Awaitable[list[Image.Image]]],
+        needs_liveness: bool = False,
     ) -> None:
         self.settings, self.subjects, self.adapters, self.audit = settings, subjects, adapters, audit
+        self.needs_liveness = needs_liveness
+        """The policy reserves ``adapter_training`` for subjects who enrolled themselves with a
+        liveness proof: only grants recorded for such a subject let a training start."""
         self.analyzer, self.index = analyzer, index
         self._trainer, self._decode = trainer, decode
         self._running: dict[str, _Running] = {}
@@ -169,6 +173,7 @@ class AdapterTraining:
                 prompt="",
                 deployment_deny_terms=(),
                 now=datetime.now(UTC),
+                needs_liveness=self.needs_liveness,
             )
 
         # Without photos in the request, a live grant that allows the enrollment photos wins.

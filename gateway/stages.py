@@ -72,6 +72,7 @@ class ConsentStage:
             prompt=job.generation.prompt,
             deployment_deny_terms=deny_terms,
             now=datetime.now(UTC),
+            needs_liveness=bool(self.policy.liveness_required([job.purpose] if job.purpose else [])),
         )
         if outcome.grant is None:
             raise Refusal(outcome.verdict)

@@ -50,6 +50,7 @@ from consentry.generation.base import Generator, capabilities_of
 from consentry.generation.ip_adapter_condition import IPAdapterCondition
 from consentry.policies import codes
 from consentry.policies.config import EmbedderKind, Settings, UnknownFaces
+from consentry.policies.consent import Purpose
 from consentry.policies.errors import ConfigurationError
 from consentry.policies.policy import ContentClassifierKind, Policy, load_policy
 from consentry.policies.prompt_rules import PromptEmbedder, SemanticRule
@@ -339,6 +340,7 @@ async def open_gate(
         index=index,
         trainer=lambda: lazy_generator if capabilities_of(lazy_generator).adapters else None,
         decode=decode,
+        needs_liveness=bool(policy.liveness_required([Purpose.adapter_training])),
     )
     models: tuple[Loadable, ...] = (lazy_analyzer, lazy_generator)
     if prompt_rule is not None:  # loaded at warm-up too, so no request pays for it

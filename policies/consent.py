@@ -118,8 +118,11 @@ def evaluate_consent(
     prompt: str,
     deployment_deny_terms: Iterable[str],
     now: datetime,
+    needs_liveness: bool = False,
 ) -> ConsentOutcome:
-    """Decide the consent stage. ``grants`` are the subject's grants to ``principal_id``."""
+    """Decide the consent stage. ``grants`` are the subject's grants to ``principal_id``;
+    ``needs_liveness``: the policy reserves ``purpose`` for subjects who enrolled themselves with
+    a liveness proof (only grants recorded for such a subject count)."""
     if subject_status != "active":
         return ConsentOutcome(
             Verdict.refuse(codes.CONSENT_SUBJECT_INACTIVE, f"the subject is {subject_status}")
@@ -139,6 +142,18 @@ def evaluate_consent(
         return ConsentOutcome(
             Verdict.refuse(codes.CONSENT_PURPOSE, f"no live grant covers the purpose {purpose!r}")
         )
+    if needs_liveness:
+        # Checked at use as well as when the grant was recorded: a policy that starts reserving
+        # this purpose for self-enrolled subjects also stops grants recorded before it did.
+        covering = [g for g in covering if g.attestation == Attestation.self_attested_with_liveness]
+        if not covering:
+            return ConsentOutcome(
+                Verdict.refuse(
+                    codes.CONSENT_LIVENESS_REQUIRED,
+                    f"the policy reserves {purpose!r} for subjects who enrolled themselves with a "
+                    "liveness proof; no live grant for it was recorded for such a subject",
+                )
+            )
     grant = covering[0]
     prompt_rules = evaluate_prompt(prompt, [*deployment_deny_terms, *grant.deny_terms])
     if not prompt_rules.allowed:

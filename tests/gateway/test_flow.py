@@ -482,3 +482,24 @@ async def test_a_semantic_rule_that_cannot_load_refuses_every_request(build: Bui
     world = await build(policy_file=policy, prompt_embedder=BrokenEmbedder())
     error = await refused(world, world.ask("a portrait in a sunny garden"))
     assert isinstance(error, StageError) and error.code == codes.STAGE_ERROR
+
+
+async def test_a_policy_that_reserves_a_purpose_for_liveness_stops_older_grants(
+    build: Build, tmp_path: Path
+) -> None:
+    """The grant was recorded for an operator-attested subject; once the policy reserves its
+    purpose for self-enrolled subjects, the next request is refused and audited as such."""
+    world = await build()
+    policy = tmp_path / "policy.toml"
+    policy.write_text('version = "strict"\n[enrollment]\nrequire_liveness_for = ["portrait"]\n')
+    settings = world.gate.settings.model_copy(update={"policy_file": policy})
+    drawn = PhotoGenerator(world.photos["alice3"])
+    gate = await open_gate(settings, analyzer=world.analyzer, generator=drawn)
+    try:
+        with pytest.raises(RefusedError) as caught:
+            await gate.generate(world.p, world.ask())
+        assert caught.value.code == codes.CONSENT_LIVENESS_REQUIRED
+        last = [e async for e in gate.audit.events()][-1]
+        assert (last.kind, last.body["decision"]) == ("generation.refused", codes.CONSENT_LIVENESS_REQUIRED)
+    finally:
+        await gate.close()

@@ -91,3 +91,13 @@ def test_role_table(role: Role, action: Action) -> None:
 def test_only_requesters_generate_and_auditors_cannot_enroll() -> None:
     assert PERMISSIONS[Action.generate] == {Role.requester}
     assert Role.auditor not in PERMISSIONS[Action.enroll]
+
+
+def test_a_purpose_reserved_for_liveness_is_checked_at_use_too() -> None:
+    """A grant recorded before the policy reserved its purpose no longer allows it."""
+    from consentry.policies.consent import Attestation
+
+    assert decide([LIVE], needs_liveness=True) == (False, "consent.liveness_required")
+    proven = replace(LIVE, attestation=Attestation.self_attested_with_liveness.value)
+    assert decide([LIVE, proven], needs_liveness=True) == (True, "ok")
+    assert decide([LIVE], needs_liveness=False) == (True, "ok")
