@@ -43,7 +43,7 @@ from consentry.policies.prompt_rules import CategoryMatch, SemanticRule, meaning
 DATA = REPO / "bench" / "data" / "prompts.toml"
 BENIGN = "benign"
 SWEEP = (0.35, 0.40, 0.42, 0.44, 0.46, 0.48, 0.50, 0.52, 0.55, 0.60, 0.65)
-MAX_DEV_FALSE_REFUSALS = 0.10
+MAX_DEV_FALSE_REFUSALS = 0.05
 """Threshold choice: the lowest threshold whose dev-half false-refusal rate is at most this."""
 
 
