@@ -18,7 +18,7 @@ from sqlalchemy import and_, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from consentry.gateway.storage.adapter_parts import AdapterView, to_view
-from consentry.gateway.storage.records import RecordView
+from consentry.gateway.storage.records import RecordView, record_view
 from consentry.gateway.storage.tables import (
     Adapter,
     AuditEvent,
@@ -177,20 +177,7 @@ class IdentityQueries:
         if row is None:
             return None, None
         r, grant_identity = row
-        view = RecordView(
-            r.id,
-            r.watermark,
-            r.principal_id,
-            r.identity_id,
-            r.grant_id,
-            r.model,
-            r.untrained,
-            r.manifest,
-            r.outputs,
-            r.audit_seq,
-            r.subject_erased,
-            r.created_at,
-        )
+        view = record_view(r)
         return view, grant_identity
 
     async def grant_identity(self, s: AsyncSession, grant_id: str) -> str | None:

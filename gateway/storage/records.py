@@ -44,7 +44,7 @@ class RecordView:
         }
 
 
-def _view(r: GenerationRecord) -> RecordView:
+def record_view(r: GenerationRecord) -> RecordView:
     return RecordView(
         r.id,
         r.watermark,
@@ -85,12 +85,12 @@ class Records:
             row = await session.scalar(
                 select(GenerationRecord).where(GenerationRecord.watermark == watermark_hex)
             )
-        return _view(row) if row else None
+        return record_view(row) if row else None
 
     async def get(self, record_id: str) -> RecordView | None:
         async with self.db.session() as session:
             row = await session.get(GenerationRecord, record_id)
-        return _view(row) if row else None
+        return record_view(row) if row else None
 
     async def _release_where(self, where: ColumnElement[bool]) -> ReleaseFacts | None:
         # The record with its grant's revocation time and its subject's status (None without one).

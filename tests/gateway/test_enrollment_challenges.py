@@ -15,21 +15,21 @@ import numpy as np
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import inspect, text
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from consentry.gateway.storage.audit_log import AuditLog
 from consentry.gateway.storage.challenges import ChallengeRefused, Challenges, nonce_digest
-from consentry.gateway.storage.db import MIGRATIONS, Database
+from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.subjects import IdentityAttestation, Subjects
 from consentry.gateway.storage.tables import Base, EnrollmentChallenge
 from consentry.gateway.storage.vault import TemplateVault
 from consentry.policies import codes
 from consentry.provenance.audit_signing import AuditSigner
+from tests.gateway.test_adapter_store import _alembic, _schema
 
 POSES = ["left", "front", "right"]
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -182,26 +182,6 @@ async def test_identities_and_grants_default_to_operator_attested(world: World) 
 
 
 # -- migration 0004 -> 0005 and back ---------------------------------------------------------------
-
-
-async def _alembic(db: Database, run: Callable[[Config], None]) -> None:
-    def go(connection: Connection) -> None:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        config.attributes["connection"] = connection
-        run(config)
-
-    async with db.engine.begin() as conn:
-        await conn.run_sync(go)
-
-
-async def _schema(db: Database) -> dict[str, set[str]]:
-    def read(connection: Connection) -> dict[str, set[str]]:
-        found = inspect(connection)
-        return {t: {c["name"] for c in found.get_columns(t)} for t in found.get_table_names()}
-
-    async with db.engine.connect() as conn:
-        return await conn.run_sync(read)
 
 
 async def _rows(session: AsyncSession, statement: str) -> list[Any]:
