@@ -85,12 +85,13 @@ async def _try(name: str, gate: Gate, who: PrincipalView, req: GenerationRequest
 
 def print_table(stories: list[Story]) -> None:
     names = STAGES
-    header = f"{'story':<44} {'decision':<26}" + "".join(f"{n:>14}" for n in names)
+    width = max(len(n) for n in names) + 2  # every stage name stands apart, however long
+    header = f"{'story':<44} {'decision':<26}" + "".join(f"{n:>{width}}" for n in names)
     print(header)
     print("-" * len(header))
     for s in stories:
         timings = [f"{s.stages[n]['elapsed_ms']:.0f} ms" if n in s.stages else "-" for n in names]
-        cells = "".join(f"{t:>14}" for t in timings)
+        cells = "".join(f"{t:>{width}}" for t in timings)
         print(f"{s.name:<44} {s.code:<26}{cells}")
     print("(stage timings in milliseconds; '-' = not reached)")
 
