@@ -209,6 +209,7 @@ async def run_case(
     repeats: int,
     device: str = "cpu",
     image_size: int = 512,
+    policy_file: Path | None = None,
 ) -> dict[str, Any]:
     from consentry.gateway.requests import EnrollmentRequest, GenerationRequest, GrantRequest
     from consentry.gateway.storage.principals import LOCAL_ACTOR
@@ -230,6 +231,7 @@ async def run_case(
         guidance_scale=guidance,
         stage_timeout_s=3600.0,
         rate_limit_burst=1000,
+        policy_file=policy_file,
     )
     out: dict[str, Any] = {
         "label": label,
@@ -521,6 +523,13 @@ def main() -> int:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the gate runs")
     parser.add_argument(
+        "--policy",
+        type=Path,
+        default=None,
+        help="policy file (default: the shipped one, with the content classifier and the prompt rules "
+        "by meaning; the device run turns both off: their packages do not fit its carry limit)",
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help="the tiny pipeline once: proves the script runs, no figure"
     )
     args = parser.parse_args()
@@ -541,6 +550,7 @@ def main() -> int:
         "versions": versions(),
         "device": args.device,
         "smoke": args.smoke,
+        "policy": str(args.policy) if args.policy else "shipped default",
     }
     enroll_paths, reference_path = one_person_photos(faces_dir(), 3)
     data["photos"] = {"enrolled": [p.name for p in enroll_paths], "reference": reference_path.name}
@@ -577,6 +587,7 @@ def main() -> int:
                     repeats=args.repeats,
                     device=args.device,
                     image_size=256 if script == "tiny" else 512,
+                    policy_file=args.policy,
                 )
             )
             case["short"], case["build"] = short, built
