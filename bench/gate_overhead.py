@@ -70,11 +70,13 @@ from common import (
 )
 from sd15_random import ensure_built
 
+repo_on_path()
+from consentry.gateway.flow import STAGES as STAGE_NAMES  # noqa: E402  (every step, as the gate runs them)
+
 GOAL_SD15_PERCENT = 1.0
 GOAL_TURBO_GPU_PERCENT = 10.0
 PROMPT = "a studio portrait photo, soft light"
 OUTSIDE_PROBES = ("decode_uploads", "subject_lookup", "rate_limit")
-STAGE_NAMES = ("consent", "verify_refs", "generate", "verify_output", "watermark", "sign", "release")
 
 
 def rounded(value: float, digits: int = 2) -> float:
