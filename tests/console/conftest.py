@@ -12,7 +12,6 @@ import io
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from consentry.gateway.gate import Gate
 from consentry.gateway.plugin import ConsentryConfig, create_app
 from consentry.gateway.requests import EnrollmentRequest, GrantRequest
 from consentry.gateway.storage.principals import LOCAL_ACTOR
-from consentry.gateway.testing import FingerprintAnalyzer, PhotoGenerator, synthetic_photo
+from consentry.gateway.testing import FingerprintAnalyzer, ManualClock, PhotoGenerator, synthetic_photo
 from consentry.gateway.wiring import open_gate
 from consentry.policies.config import Settings
 from consentry.policies.consent import Purpose
@@ -42,24 +41,11 @@ def png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-class FakeClock:
-    """The console's session clock, moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 @dataclass
 class ConsoleWorld:
     client: AppClient
     gate: Gate
-    clock: FakeClock
+    clock: ManualClock
     keys: dict[str, str]
     key_ids: dict[str, str]
     ids: dict[str, str]
@@ -124,7 +110,7 @@ async def populate(
 async def world(database_url: str, tmp_path: Path, console_keys: Path) -> AsyncIterator[ConsoleWorld]:
     analyzer = FingerprintAnalyzer()
     photos = world_photos(analyzer)
-    clock = FakeClock()
+    clock = ManualClock()
     settings = Settings(
         data_dir=tmp_path, database_url=database_url, keys_dir=console_keys, device="cpu", audit_prompts=True
     )

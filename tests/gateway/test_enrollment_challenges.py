@@ -27,6 +27,7 @@ from consentry.gateway.storage.db import Database
 from consentry.gateway.storage.subjects import IdentityAttestation, Subjects
 from consentry.gateway.storage.tables import Base, EnrollmentChallenge
 from consentry.gateway.storage.vault import TemplateVault
+from consentry.gateway.testing import ManualClock
 from consentry.policies import codes
 from consentry.provenance.audit_signing import AuditSigner
 from tests.gateway.test_adapter_store import _alembic, _schema
@@ -35,21 +36,11 @@ POSES = ["left", "front", "right"]
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
 
-class Clock:
-    """Time that moves only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @dataclass
 class World:
     db: Database
     audit: AuditLog
-    clock: Clock
+    clock: ManualClock
     challenges: Challenges
     subjects: Subjects
 
@@ -73,7 +64,7 @@ async def world(database_url: str) -> AsyncIterator[World]:
     db = Database(database_url)
     await db.migrate()
     audit = AuditLog(db, AuditSigner(Ed25519PrivateKey.generate()))
-    clock = Clock()
+    clock = ManualClock(T0)
     yield World(db, audit, clock, Challenges(db, audit, clock), Subjects(db, TemplateVault(b"k" * 32), audit))
     await db.dispose()
 

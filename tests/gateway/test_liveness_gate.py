@@ -30,6 +30,7 @@ from consentry.gateway.gate import Gate
 from consentry.gateway.requests import EnrollmentRequest, GrantRequest, LivenessAnswer
 from consentry.gateway.storage.challenges import IssuedChallenge
 from consentry.gateway.storage.principals import PrincipalView
+from consentry.gateway.testing import ManualClock
 from consentry.gateway.wiring import build_liveness_checks, build_self_enrollment, open_gate
 from consentry.generation.base import Generator
 from consentry.policies import codes
@@ -105,18 +106,10 @@ def png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @dataclass
 class World:
     gate: Gate
-    clock: Clock
+    clock: ManualClock
     op: PrincipalView
     op2: PrincipalView
     studio: PrincipalView
@@ -208,7 +201,7 @@ async def world(
     people = [("op", "operator"), ("op2", "operator"), ("studio", "requester")]
     op, op2, studio = [(await gate.principals.create(n, r)).principal for n, r in people]
     policy = load_policy(policy_file)
-    world = World(gate, Clock(), op, op2, studio, faces_dir, settings, policy)
+    world = World(gate, ManualClock(T0), op, op2, studio, faces_dir, settings, policy)
     world.gate = world.rebuilt(build_liveness_checks(policy))
     yield world
     await gate.close()
